@@ -1,0 +1,5 @@
+import sys
+
+from fga.cli import main
+
+sys.exit(main())

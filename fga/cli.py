@@ -1,0 +1,169 @@
+"""The `fga` command: one verb per pipeline stage, each reading params.yaml (+ --set overrides).
+
+User errors (bad params, missing or corrupt inputs) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from fga.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--backbone", required=True)
+    if method:
+        p.add_argument("--method", required=True)
+        p.add_argument("--seed", type=int, required=True)
+
+
+def file_hash(path: Path) -> str:
+    if not path.exists():
+        return "missing"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_dir(root: str, a: argparse.Namespace) -> Path:
+    return Path(root) / a.dataset / a.backbone / a.method / f"seed{a.seed}"
+
+
+def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    out = Path("data") / a.dataset
+    if a.dataset == "synthetic":
+        from fga.data.synthetic import generate
+
+        generate(out, progress=not a.quiet, **cfg["data"]["synthetic"])
+    else:
+        from fga.data.prepare import prepare
+
+        prepare(a.dataset, cfg["data"].get(a.dataset, {}), out, dry_run=a.dry_run, progress=not a.quiet)
+
+
+def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.features.text import build_vocab_file
+
+    build_vocab_file(Path("data") / a.dataset / "dataset.json", Path("features") / a.dataset / "vocab.json",
+                     cfg["features"]["text"]["min_count"])
+
+
+def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.features.extract import extract
+
+    data_dir = Path("data") / a.dataset
+    if not (data_dir / "dataset.json").exists():
+        raise UserError(f"{data_dir / 'dataset.json'} not found; run `fga data prepare --dataset {a.dataset}` first")
+    extract(cfg, a.dataset, a.backbone, data_dir, Path("features") / a.dataset / a.backbone, quiet=a.quiet)
+
+
+def _key(a: argparse.Namespace, stage: str) -> dict[str, Any]:
+    return {"dataset": a.dataset, "backbone": a.backbone, "method": a.method, "seed": a.seed, "stage": stage}
+
+
+def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
+    from fga.train import run_hash
+
+    return {"params_hash": run_hash(cfg, a.dataset, a.backbone, a.method, a.seed),
+            "data_hash": file_hash(Path("data") / a.dataset / "dataset.json")}
+
+
+def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.tracking import log_run
+    from fga.train import train
+
+    meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a), quiet=a.quiet)
+    steps: dict[str, list[tuple[int, float]]] = {}
+    for row in meta["history"]:
+        for k, v in row.items():
+            if k != "epoch":
+                steps.setdefault(k, []).append((row["epoch"], v))
+    log_run(cfg, _key(a, "train"), params={"train": cfg["train"], "method": cfg["methods"].get(a.method, {})},
+            metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"]},
+            step_metrics=steps, tags=_provenance(cfg, a))
+
+
+def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.evaluate.run import evaluate
+    from fga.io import write_json
+    from fga.tracking import log_run
+
+    metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt", quiet=a.quiet)
+    out = run_dir("results", a) / "metrics.json"
+    write_json(out, metrics)
+    flat = {f"{metrics['protocol']}/{d}_{k.replace('@', '')}": v
+            for d in ("i2t", "t2i") for k, v in metrics[d].items()}
+    flat[f"{metrics['protocol']}/rsum"] = metrics["rsum"]
+    log_run(cfg, _key(a, "evaluate"), params={"evaluate": cfg["evaluate"]}, metrics=flat,
+            tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "split": metrics["split"],
+                  "weights_source": metrics["weights_source"]}, artifacts=[out])
+
+
+def cmd_report(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.report import write_report
+
+    write_report(cfg, quiet=a.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fga", description="fine-grained image-text matching benchmark pipeline")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    data = verbs.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    p = data.add_parser("prepare", help="download/generate a dataset into data/<dataset>/")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--dry-run", action="store_true", help="print what would be downloaded, fetch nothing")
+    _common(p)
+    p.set_defaults(func=cmd_data_prepare)
+
+    feats = verbs.add_parser("features", help="feature store").add_subparsers(dest="action", required=True)
+    p = feats.add_parser("extract", help="region features of every split -> features/<dataset>/<backbone>/")
+    _run_args(p, method=False)
+    _common(p)
+    p.set_defaults(func=cmd_features_extract)
+    p = feats.add_parser("text", help="train-caption vocabulary -> features/<dataset>/vocab.json")
+    p.add_argument("--dataset", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_features_text)
+
+    for verb, func, help_ in [("train", cmd_train, "train one run -> runs/.../checkpoint.pt"),
+                              ("evaluate", cmd_evaluate, "recall of one run -> results/.../metrics.json")]:
+        p = verbs.add_parser(verb, help=help_)
+        _run_args(p)
+        _common(p)
+        p.set_defaults(func=func)
+
+    p = verbs.add_parser("report", help="MLflow runs -> reports/tables and reports/figures")
+    _common(p)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from fga.config import load_params
+
+        cfg = load_params(args.params, args.overrides)
+        func: Callable[[dict[str, Any], argparse.Namespace], None] = args.func
+        func(cfg, args)
+    except UserError as exc:
+        print(f"fga: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fga: interrupted; outputs written so far are complete files, rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""SCAN: published defaults, masks, batched-vs-reference similarity, gradients, overfitting."""
+import time
+
+import pytest
+import torch
+
+from fga.models.registry import build_model
+from fga.models.scan import SCAN
+
+torch.set_num_threads(1)
+
+D_IMG, VOCAB = 12, 40
+TINY = dict(embed_dim=16, word_dim=8)
+
+
+def make_batch(b=5, r=7, l=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.randn(b, r, D_IMG, generator=g)
+    mask = torch.arange(r)[None] < torch.randint(2, r + 1, (b,), generator=g)[:, None]
+    lengths = torch.randint(2, l + 1, (b,), generator=g)
+    tokens = torch.randint(1, VOCAB, (b, l), generator=g)
+    tokens[torch.arange(l)[None] >= lengths[:, None]] = 0
+    return regions, mask, tokens, lengths
+
+
+def one(enc, i):
+    return {k: v[i:i + 1] for k, v in enc.items()}
+
+
+def build(**kw):
+    torch.manual_seed(0)
+    return SCAN(D_IMG, VOCAB, **{**TINY, **kw})
+
+
+def encode(model, batch):
+    regions, mask, tokens, lengths = batch
+    return model.encode_image(regions, mask), model.encode_text(tokens, lengths)
+
+
+def test_published_defaults():
+    t2i = build_model("scan", TINY, img_dim=D_IMG, vocab_size=VOCAB)
+    assert (t2i.direction, t2i.lambda_softmax, t2i.agg, t2i.lambda_lse) == ("t2i", 9.0, "lse", 6.0)
+    i2t = build(direction="i2t")
+    assert (i2t.lambda_softmax, i2t.agg) == (4.0, "mean")
+    assert build(direction="i2t", agg="lse", lambda_softmax=5).lambda_softmax == 5.0
+    with pytest.raises(ValueError):
+        build(direction="both")
+
+
+VARIANTS = [
+    {"direction": "t2i"},
+    {"direction": "t2i", "agg": "mean"},
+    {"direction": "i2t"},
+    {"direction": "i2t", "agg": "lse"},
+    {"direction": "t2i", "attn_norm": "none"},
+]
+
+
+@pytest.mark.parametrize("opts", VARIANTS)
+def test_batched_matches_pair_reference(opts):
+    model = build(**opts).eval()
+    with torch.no_grad():
+        img, _ = encode(model, make_batch(b=4, seed=1))
+        _, txt = encode(model, make_batch(b=5, seed=2))
+        sim = model.similarity(img, txt)
+    assert sim.shape == (4, 5)
+    for i in range(4):
+        for j in range(5):
+            assert sim[i, j].item() == pytest.approx(model.pair_similarity(one(img, i), one(txt, j)), abs=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_padding_and_chunking_never_change_scores(direction):
+    model = build(direction=direction).eval()
+    regions, mask, tokens, lengths = make_batch(b=4)
+    g = torch.Generator().manual_seed(9)
+    pad = torch.zeros(4, 3, dtype=torch.bool)
+    junk_regions = torch.cat([regions, 100 * torch.randn(4, 3, D_IMG, generator=g)], dim=1)
+    junk_regions[:, : regions.shape[1]][~mask] = -30.0
+    junk_tokens = torch.cat([tokens, torch.randint(1, VOCAB, (4, 2), generator=g)], dim=1)
+    junk_tokens[:, : tokens.shape[1]][tokens == 0] = 3
+    with torch.no_grad():
+        base = model.similarity(*encode(model, (regions, mask, tokens, lengths)))
+        padded = model.similarity(*encode(model, (junk_regions, torch.cat([mask, pad], 1), junk_tokens, lengths)))
+        model.sim_chunk_elems = 1  # one pair per block
+        chunked = model.similarity(*encode(model, (regions, mask, tokens, lengths)))
+    assert torch.allclose(base, padded, atol=1e-6)
+    assert torch.allclose(base, chunked, atol=1e-6)
+
+
+def test_direction_and_norm_change_scores():
+    batch = make_batch(b=4)
+    sims = []
+    for opts in ({"direction": "t2i"}, {"direction": "i2t"}, {"direction": "t2i", "attn_norm": "none"}):
+        model = build(**opts).eval()
+        with torch.no_grad():
+            sims.append(model.similarity(*encode(model, batch)))
+    assert not torch.allclose(sims[0], sims[1])
+    assert not torch.allclose(sims[0], sims[2])
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_gradient_reaches_every_parameter(direction):
+    model = build(direction=direction).train()
+    img, txt = encode(model, make_batch(b=6, seed=1))
+    loss, logs = model.training_loss(img, txt, torch.eye(6, dtype=torch.bool), epoch=0)
+    loss.backward()
+    assert set(logs) == {"triplet"}
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_overfits_32_pairs(direction):
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = SCAN(D_IMG, VOCAB, embed_dim=32, word_dim=16, direction=direction)
+    batch = make_batch(b=32, r=6, l=6, seed=7)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pos = torch.eye(32, dtype=torch.bool)
+    r1 = (0.0, 0.0)
+    for step in range(300):
+        model.train()
+        loss, _ = model.training_loss(*encode(model, batch), pos, epoch=0 if step < 50 else 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 9:
+            model.eval()
+            with torch.no_grad():
+                sim = model.similarity(*encode(model, batch))
+            target = torch.arange(32)
+            r1 = ((sim.argmax(1) == target).float().mean().item(), (sim.argmax(0) == target).float().mean().item())
+            if min(r1) >= 0.9:
+                break
+    assert min(r1) >= 0.9, r1
+    assert time.perf_counter() - t0 < 10

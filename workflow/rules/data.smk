@@ -1,0 +1,19 @@
+rule prepare_data:
+    """Generate (synthetic) or download and prepare a dataset into the dataset.json/instances.json contract."""
+    output:
+        dataset="data/{dataset}/dataset.json",
+        instances="data/{dataset}/instances.json",
+    params:
+        data=lambda w: config["data"].get(w.dataset, {}),
+    log:
+        "logs/data/{dataset}.log",
+    benchmark:
+        "benchmarks/logs/data/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "{FGA} data prepare --dataset {wildcards.dataset} {COMMON} > {log} 2>&1"

@@ -1,0 +1,45 @@
+rule vocabulary:
+    """Word vocabulary from the train captions only (the BiGRU text path)."""
+    input:
+        "data/{dataset}/dataset.json",
+    output:
+        "features/{dataset}/vocab.json",
+    params:
+        text=config["features"]["text"],
+    log:
+        "logs/features/{dataset}/vocab.log",
+    benchmark:
+        "benchmarks/logs/features/{dataset}/vocab.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "{FGA} features text --dataset {wildcards.dataset} {COMMON} > {log} 2>&1"
+
+
+rule extract_features:
+    """Frozen backbone -> region features of every split in the HDF5 store."""
+    input:
+        dataset="data/{dataset}/dataset.json",
+        instances="data/{dataset}/instances.json",
+    output:
+        expand("features/{{dataset}}/{{backbone}}/{split}.h5", split=SPLITS),
+    params:
+        backbone=lambda w: config["features"]["backbones"][w.backbone],
+        data=lambda w: config["data"].get(w.dataset, {}),
+    log:
+        "logs/features/{dataset}/{backbone}.log",
+    benchmark:
+        "benchmarks/logs/features/{dataset}/{backbone}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} {FGA} features extract --dataset {wildcards.dataset} "
+        "--backbone {wildcards.backbone} {COMMON} > {log} 2>&1"
