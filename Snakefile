@@ -53,3 +53,10 @@ rule all:
     default_target: True
     input:
         rules.report.output,
+        expand(
+            "results/{dataset}/{backbone}/{method}/seed{seed}/robustness.json",
+            dataset=GRID["datasets"],
+            backbone=GRID["backbones"],
+            method=GRID["methods"],
+            seed=GRID["seeds"],
+        ),

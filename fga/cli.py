@@ -82,6 +82,8 @@ def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.train import train
 
     meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a), quiet=a.quiet)
+    if meta.get("rank", 0) != 0:
+        return  # under torchrun only rank 0 logs the run
     steps: dict[str, list[tuple[int, float]]] = {}
     for row in meta["history"]:
         for k, v in row.items():
@@ -93,19 +95,46 @@ def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
-    from fga.evaluate.run import evaluate
+    from fga.evaluate.run import evaluate, mlflow_metrics
     from fga.io import write_json
     from fga.tracking import log_run
 
-    metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt", quiet=a.quiet)
-    out = run_dir("results", a) / "metrics.json"
-    write_json(out, metrics)
-    flat = {f"{metrics['protocol']}/{d}_{k.replace('@', '')}": v
-            for d in ("i2t", "t2i") for k, v in metrics[d].items()}
-    flat[f"{metrics['protocol']}/rsum"] = metrics["rsum"]
-    log_run(cfg, _key(a, "evaluate"), params={"evaluate": cfg["evaluate"]}, metrics=flat,
-            tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "split": metrics["split"],
-                  "weights_source": metrics["weights_source"]}, artifacts=[out])
+    out_dir = run_dir("results", a)
+    metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt",
+                       quiet=a.quiet, out_dir=out_dir)
+    out = out_dir / "metrics.json"
+    write_json(out, metrics)  # last: its presence means ranks.npz (and the matrix) are complete
+    log_run(cfg, _key(a, "evaluate"), params={"evaluate": cfg["evaluate"]}, metrics=mlflow_metrics(metrics),
+            tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
+                  "split": metrics["split"], "weights_source": metrics["weights_source"]},
+            artifacts=[out, out_dir / "ranks.npz"])
+
+
+def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    if a.action == "distractors":
+        from fga.evaluate.robustness_run import make_distractor_data, make_distractor_features
+
+        if a.backbone is None:
+            make_distractor_data(cfg, a.n, quiet=a.quiet)
+        else:
+            make_distractor_features(cfg, a.n, a.backbone, quiet=a.quiet)
+        return
+    missing = [f"--{k}" for k in ("dataset", "backbone", "method", "seed") if getattr(a, k) is None]
+    if missing:
+        raise UserError(f"fga robustness needs {', '.join(missing)} (or the `distractors` action)")
+    from fga.evaluate.robustness_run import mlflow_metrics, robustness
+    from fga.io import write_json
+    from fga.tracking import log_run
+
+    out_dir = run_dir("results", a)
+    result = robustness(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt",
+                        quiet=a.quiet, results_dir=out_dir)
+    out = out_dir / "robustness.json"
+    write_json(out, result)
+    log_run(cfg, _key(a, "robustness"), params={"robustness": cfg.get("robustness", {})},
+            metrics=mlflow_metrics(result),
+            tags={**_provenance(cfg, a), "protocol": result["protocol"], "split": result["split"],
+                  "weights_source": result["weights_source"]}, artifacts=[out])
 
 
 def cmd_report(cfg: dict[str, Any], a: argparse.Namespace) -> None:
@@ -141,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         _run_args(p)
         _common(p)
         p.set_defaults(func=func)
+
+    p = verbs.add_parser("robustness", help="recall per clutter bin and vs distractors -> results/.../robustness.json")
+    p.add_argument("--dataset")
+    p.add_argument("--backbone")
+    p.add_argument("--method")
+    p.add_argument("--seed", type=int)
+    _common(p)
+    p.set_defaults(func=cmd_robustness, action=None)
+    sub = p.add_subparsers(dest="action")
+    q = sub.add_parser("distractors", help="synthetic test images with N extra distractors -> data/synthetic_distract<N>/ "
+                                           "(with --backbone: their features -> features/synthetic_distract<N>/<backbone>/test.h5)")
+    q.add_argument("--n", type=int, required=True, help="extra distractor objects per test image")
+    q.add_argument("--backbone", help="also extract the features of this backbone")
+    _common(q)
 
     p = verbs.add_parser("report", help="MLflow runs -> reports/tables and reports/figures")
     _common(p)

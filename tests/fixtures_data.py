@@ -224,14 +224,14 @@ def build_precomp() -> FixtureSet:
     fs = FixtureSet()
     entries: dict[str, bytes] = {}
     for name, splits in PRECOMP_SPLITS.items():
-        for split, n in splits.items():
+        for offset, (split, n) in enumerate(splits.items()):
             buf = io.BytesIO()
             ims = np.zeros((n, 36, 2048), dtype=np.float32)
             ims[:, :, 0] = np.arange(n, dtype=np.float32)[:, None]
             np.save(buf, ims)
             entries[f"data/{name}/{split}_ims.npy"] = buf.getvalue()
             entries[f"data/{name}/{split}_caps.txt"] = "".join(f"caption {i} {k}\n" for i in range(n) for k in range(5)).encode()
-            entries[f"data/{name}/{split}_ids.txt"] = "".join(f"{1000 + i}\n" for i in range(n)).encode()
+            entries[f"data/{name}/{split}_ids.txt"] = "".join(f"{1000 * (offset + 1) + i}\n" for i in range(n)).encode()  # unique across splits, as in SCAN's data
     entries["data/vocab/README"] = b"vocab lives elsewhere\n"
     fs.files["scan_precomp"] = ("data.zip", zip_bytes(entries))
     fs.facts = {"entries": entries}

@@ -9,35 +9,16 @@ from fga.models.grm import FAITHFULNESS, GRM
 from fga.models.grm.similarity import pair_token_similarity, token_similarity
 from fga.models.registry import build_model
 
+from model_inputs import D_IMG, VOCAB, encode, make_batch, one
+
 torch.set_num_threads(1)
 
-D_IMG, VOCAB = 12, 40
 TINY = dict(embed_dim=16, word_dim=8, num_prompts=3)
-
-
-def make_batch(b=5, r=7, l=6, seed=0, full=False):
-    g = torch.Generator().manual_seed(seed)
-    regions = torch.randn(b, r, D_IMG, generator=g)
-    n_reg = torch.full((b,), r) if full else torch.randint(2, r + 1, (b,), generator=g)
-    mask = torch.arange(r)[None] < n_reg[:, None]
-    lengths = torch.full((b,), l) if full else torch.randint(2, l + 1, (b,), generator=g)
-    tokens = torch.randint(1, VOCAB, (b, l), generator=g)
-    tokens[torch.arange(l)[None] >= lengths[:, None]] = 0
-    return regions, mask, tokens, lengths
-
-
-def one(enc, i):
-    return {k: v[i:i + 1] for k, v in enc.items()}
 
 
 def build(**kw):
     torch.manual_seed(0)
     return GRM(D_IMG, VOCAB, **{**TINY, **kw})
-
-
-def encode(model, batch):
-    regions, mask, tokens, lengths = batch
-    return model.encode_image(regions, mask), model.encode_text(tokens, lengths)
 
 
 def test_registry_and_shapes():

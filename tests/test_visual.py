@@ -1,4 +1,6 @@
 """The packaged EfficientNet-Lite0 weights: strict key mapping, and the variant/normalisation a real photo picks."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,21 @@ from fga.features.visual import RegionExtractor, map_lite0_keys, packaged_lite0_
 CAT_CLASSES = [281, 282, 283, 284, 285, 286, 287]  # ImageNet domestic and wild cats
 
 
+@functools.lru_cache(maxsize=None)
+def packaged_model(model_name: str):
+    import timm
+
+    model = timm.create_model(model_name, pretrained=False).eval()
+    model.load_state_dict(map_lite0_keys(packaged_lite0_state_dict(), model.state_dict()), strict=True)
+    return model
+
+
 def cat_probability(model_name: str, mean, std) -> tuple[float, list[int]]:
     import timm
     from PIL import Image
     from skimage import data
 
-    model = timm.create_model(model_name, pretrained=False).eval()
-    model.load_state_dict(map_lite0_keys(packaged_lite0_state_dict(), model.state_dict()), strict=True)
+    model = packaged_model(model_name)
     cfg = timm.data.resolve_data_config({"mean": mean, "std": std}, model=model)
     x = timm.data.create_transform(**cfg)(Image.fromarray(data.chelsea()))[None]
     with torch.no_grad():
@@ -67,3 +77,16 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="nope.pth"):
         RegionExtractor({"model": "tf_efficientnet_lite0", "weights": "checkpoint", "checkpoint": str(tmp_path / "nope.pth"),
                          "regions": "grid"})
+
+
+def test_backbone_registry_families():
+    from fga.features.visual import BACKBONES, backbone_info, grid_boxes, register_backbone
+
+    paper = ["vit_base_patch16_224", "vit_base_patch16_384", "swin_base_patch4_window7_224", "swin_base_patch4_window12_384"]
+    assert all(name in BACKBONES for name in paper + ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"])
+    assert backbone_info("vit_base_patch16_224.augreg_in21k").family == "vit"  # a timm tag picks preprocessing only
+    assert backbone_info("swin_small_patch4_window7_224").regions == ("patches",)  # known to timm, family by prefix
+    assert backbone_info("tf_efficientnet_lite0").packaged and backbone_info("resnet18").family == "cnn"
+    with pytest.raises(ValueError):
+        register_backbone("x", "rnn")
+    assert grid_boxes(2, 3)[-1].tolist() == [pytest.approx(2 / 3), 0.5, 1.0, 1.0]

@@ -45,6 +45,14 @@ def find_karpathy(base: Path, name: str, override: Any = None, *, search: bool =
     return None
 
 
+def extracted_karpathy(kdir: Path, name: str) -> Path:
+    """``name`` inside an extracted caption_datasets.zip, or a one-line error saying how to recover."""
+    karpathy = find_karpathy(kdir, name, search=True)
+    if karpathy is None:
+        raise UserError(f"{kdir}: caption_datasets.zip has no {name}; delete {kdir} and the zip, then rerun")
+    return karpathy
+
+
 def missing_files(images_root: Path, file_names: Iterable[str]) -> list[str]:
     return [f for f in file_names if not (images_root / f).is_file()]
 
@@ -163,8 +171,6 @@ def prepare_coco(cfg: Mapping[str, Any], out_dir: Path, *, dry_run: bool = False
             return
     finally:
         fetcher.close()
-    karpathy = find_karpathy(kdir, KARPATHY_NAME, search=True)
-    if karpathy is None:
-        raise UserError(f"{kdir}: caption_datasets.zip has no {KARPATHY_NAME}; delete {kdir} and the zip, then rerun")
+    karpathy = extracted_karpathy(kdir, KARPATHY_NAME)
     instances = [adir / name for name in INSTANCE_FILES]
     build_coco(karpathy, instances, images_root, out_dir)

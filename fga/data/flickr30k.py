@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fga.data.coco import check_images, find_karpathy
+from fga.data.coco import check_images, extracted_karpathy, find_karpathy
 from fga.data.download import Fetcher, link_dir, resolve_path
 from fga.data.splits import convert_karpathy, load_karpathy
 from fga.errors import UserError
@@ -238,9 +238,7 @@ def prepare_flickr30k(cfg: Mapping[str, Any], out_dir: Path, *, dry_run: bool = 
             return
     finally:
         fetcher.close()
-    karpathy = find_karpathy(kdir, KARPATHY_NAME, search=True)
-    if karpathy is None:
-        raise UserError(f"{kdir}: caption_datasets.zip has no {KARPATHY_NAME}; delete {kdir} and the zip, then rerun")
+    karpathy = extracted_karpathy(kdir, KARPATHY_NAME)
     build_flickr30k(karpathy, images_root, out_dir, entities_dir)
 
 

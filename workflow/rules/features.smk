@@ -28,7 +28,8 @@ rule extract_features:
     output:
         expand("features/{{dataset}}/{{backbone}}/{split}.h5", split=SPLITS),
     params:
-        backbone=lambda w: config["features"]["backbones"][w.backbone],
+        backbone=lambda w: config["features"]["backbones"].get(w.backbone)
+        or config["features"].get("precomp", {}).get(w.backbone),
         data=lambda w: config["data"].get(w.dataset, {}),
     log:
         "logs/features/{dataset}/{backbone}.log",

@@ -126,6 +126,14 @@ FAITHFULNESS: list[dict[str, str]] = [
 ]
 
 
+def faithfulness_markdown() -> str:
+    """FAITHFULNESS as the README's markdown table (tests/test_readme.py keeps the README in sync)."""
+    rows = ["| option | default | what the paper says | why this default |", "|---|---|---|---|"]
+    rows += ["| " + " | ".join(r[k].replace("|", "/") for k in ("option", "default", "paper", "why")) + " |"
+             for r in FAITHFULNESS]
+    return "\n".join(rows) + "\n"
+
+
 class GRM(RetrievalModel):
     def __init__(self, img_dim: int, vocab_size: int, embed_dim: int = 512, word_dim: int = 300,
                  margin: float = 0.2, warmup_epochs: int = 1,

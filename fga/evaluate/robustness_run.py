@@ -1,0 +1,246 @@
+"""`fga robustness`: recall per clutter bin and against added distractors -> results/.../robustness.json.
+
+Clutter of a test image = its number of non-crowd instances in ``data/<dataset>/instances.json``
+(pycocotools, fga.data.synthetic.clutter_counts). Bins come from ``robustness.bins`` (default
+``{equal_count: 3}``: three bins of about equal image counts) or a per-dataset override in
+``robustness.bins_by_dataset`` (default COCO: ``[[1, 3], [4, 7], [8, 15], [16, null]]``); the
+"cluttered" subset is the top tertile of clutter (``robustness.cluttered_quantile``). Every bin's
+queries are ranked against the FULL test gallery (fga.evaluate.robustness.per_bin_metrics), so
+bins differ only in their queries.
+
+Distractor curve (synthetic only): the test images re-rendered with n extra, never-mentioned
+objects (fga.data.synthetic.add_distractors) for n in ``robustness.distractors`` (default
+0, 2, 4, 8). Each level is a dataset of its own, ``data/synthetic_distract<n>/``, with features
+``features/synthetic_distract<n>/<backbone>/test.h5`` shared by every method and seed (the
+`distractors` action of `fga robustness`; Snakemake rules distractor_data / distractor_features).
+The same test captions are then scored against each level's images (full gallery).
+
+Feature hash of a level: `fga.features.extract.feature_hash` of the config returned by
+:func:`distractor_cfg`, whose ``data.synthetic_distract<n>`` entry is the synthetic dataset's
+params plus ``n_extra`` and ``distractor_seed``, so the store goes stale exactly when the
+synthetic data, the level or the backbone changes.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fga.data import split_images
+from fga.errors import UserError
+from fga.evaluate.encode import caps_per_image, encode_images, finetuned_regions, is_finetune, store_rows
+from fga.evaluate.recall import evaluate_protocol, metrics_from_ranks, query_ranks
+from fga.evaluate.robustness import cluttered_bin, make_bins, per_bin_metrics
+from fga.evaluate.run import (_merge, _timed_matrix, device_of, file_sha16, flat_metrics, load_model, load_state, sanitize,
+                              score_split, settings as eval_settings, split_inputs)
+from fga.evaluate.similarity import load_matrix, matrix_path
+from fga.features.extract import feature_hash
+from fga.io import read_json, write_json
+
+COCO_BINS = [[1, 3], [4, 7], [8, 15], [16, None]]
+DEFAULTS: dict[str, Any] = {
+    "bins": {"equal_count": 3},
+    "bins_by_dataset": {"coco": COCO_BINS},
+    "cluttered_quantile": 2.0 / 3.0,
+    "distractors": [0, 2, 4, 8],
+    "distractor_seed": 0,
+}
+SOURCE = "synthetic"
+
+
+def settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    rc = _merge(DEFAULTS, cfg.get("robustness", {}))
+    levels = rc["distractors"]
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in levels) or len(set(levels)) != len(levels):
+        raise UserError(f"robustness.distractors must be distinct non-negative integers, got {levels!r}")
+    return rc
+
+
+def bin_spec(rc: dict[str, Any], dataset: str) -> Any:
+    """The dataset's bin spec: `bins_by_dataset[dataset]`, else the COCO entry for coco* datasets, else `bins`."""
+    by = rc.get("bins_by_dataset") or {}
+    if dataset in by:
+        return by[dataset]
+    if dataset.startswith("coco") and "coco" in by:
+        return by["coco"]
+    return rc["bins"]
+
+
+# ------------------------------------------------------------------------------------- distractor sets
+
+
+def distractor_name(n: int) -> str:
+    return f"{SOURCE}_distract{int(n)}"
+
+
+def distractor_cfg(cfg: dict[str, Any], n: int) -> dict[str, Any]:
+    """`cfg` with a data entry for level n: what its images (and so its features) depend on."""
+    rc = settings(cfg)
+    out = copy.copy(cfg)
+    out["data"] = {**cfg["data"], distractor_name(n): {**cfg["data"].get(SOURCE, {}), "n_extra": int(n),
+                                                      "distractor_seed": int(rc["distractor_seed"])}}
+    return out
+
+
+def _source_stamp(cfg: dict[str, Any], n: int) -> dict[str, Any]:
+    from fga.features.store import data_hash
+
+    return {"source_data_hash": data_hash(Path("data") / SOURCE / "dataset.json"),
+            "params": distractor_cfg(cfg, n)["data"][distractor_name(n)]}
+
+
+def make_distractor_data(cfg: dict[str, Any], n: int, quiet: bool = True, force: bool = True) -> Path:
+    """data/synthetic_distract<n>/: the synthetic test images with n extra distractors (atomically)."""
+    from fga.data.synthetic import add_distractors
+
+    if int(n) < 0:
+        raise UserError(f"--n must be a non-negative number of distractors, got {n}")
+    src, out = Path("data") / SOURCE, Path("data") / distractor_name(n)
+    if not (src / "dataset.json").exists():
+        raise UserError(f"{src / 'dataset.json'} not found; run `fga data prepare --dataset {SOURCE}` first")
+    stamp = _source_stamp(cfg, n)
+    stamp_path = out / "source.json"
+    if not force and (out / "dataset.json").exists() and stamp_path.exists() and read_json(stamp_path) == stamp:
+        return out
+    add_distractors(src, out, int(n), seed=int(settings(cfg)["distractor_seed"]), split="test")
+    write_json(stamp_path, stamp)
+    if not quiet:
+        print(f"{out}: test images with {n} extra distractors")
+    return out
+
+
+def make_distractor_features(cfg: dict[str, Any], n: int, backbone: str, quiet: bool = True) -> Path:
+    """features/synthetic_distract<n>/<backbone>/test.h5 (the data level is (re)made first when missing or stale)."""
+    from fga.features.extract import extract
+
+    data_dir = make_distractor_data(cfg, n, quiet=quiet, force=False)
+    name = distractor_name(n)
+    out_dir = Path("features") / name / backbone
+    extract(distractor_cfg(cfg, n), name, backbone, data_dir, out_dir, splits=("test",), quiet=quiet)
+    return out_dir / "test.h5"
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+def _saved_matrix(results_dir: Path | None, split: str, shape: tuple[int, int], checkpoint: Path) -> np.ndarray | None:
+    """The evaluate stage's saved matrix when it is there and was computed from this checkpoint."""
+    if results_dir is None:
+        return None
+    path, meta_path = matrix_path(results_dir, split), Path(results_dir) / "metrics.json"
+    if not path.exists() or not meta_path.exists():
+        return None
+    meta = read_json(meta_path, "metrics.json").get("matrix") or {}
+    if meta.get("checkpoint") != file_sha16(checkpoint) or tuple(meta.get("shape", ())) != tuple(shape):
+        return None
+    return load_matrix(path, shape)
+
+
+def _metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("i2t", "t2i", "rsum")}
+
+
+def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
+               quiet: bool = False, results_dir: Path | None = None) -> dict[str, Any]:
+    """The robustness.json dict of one run (see the module docstring)."""
+    from fga.data.synthetic import clutter_counts
+
+    ec, rc = eval_settings(cfg), settings(cfg)
+    split = ec["split"]
+    torch.set_num_threads(cfg["train"].get("threads", 1))
+    state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
+    device = device_of(cfg)
+    data = split_inputs(cfg, dataset, backbone, split, state, device)
+    model = load_model(cfg, dataset, backbone, method, state, int(data.regions.shape[-1]), device)
+    n_img, n_cap = data.n_images, len(data.tokens)
+    cpi = caps_per_image(data)
+
+    sim = _saved_matrix(results_dir, split, (n_img, n_cap), Path(checkpoint))
+    reused = sim is not None
+    if sim is None:
+        sim, _, _, txt = score_split(cfg, model, data, device, quiet)
+    else:
+        from fga.evaluate.encode import encode_texts
+
+        txt = encode_texts(model, data.tokens, data.lengths, device)
+    ranks = query_ranks(sim, cpi)
+
+    all_counts = clutter_counts(Path("data") / dataset / "instances.json")
+    counts = {i: int(all_counts.get(i, 0)) for i in data.image_ids}
+    spec = requested = bin_spec(rc, dataset)
+    distinct = len(set(counts.values()))
+    if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
+        spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
+    bins = make_bins(counts, spec)
+    per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks)
+    clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
+    cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks)[clut.label]
+
+    curve = []
+    if dataset == SOURCE and split == "test":
+        for n in rc["distractors"]:
+            curve.append({"n_extra": int(n), **distractor_metrics(cfg, model, state, backbone, n, data.image_ids, txt,
+                                                                   cpi, device, quiet)})
+    protocol = "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full"
+    return {
+        "protocol": protocol,
+        "split": split,
+        "n_images": n_img,
+        "caps_per_image": cpi,
+        "weights_source": str(data.attrs.get("weights_source", "unknown")),
+        "bin_spec": spec,
+        "bin_spec_requested": requested,
+        "bins": per_bin,
+        "n_unbinned": n_img - sum(b["n_images"] for b in per_bin.values()),
+        "cluttered": cluttered,
+        "overall": metrics_from_ranks(*ranks),
+        "distractors": curve,
+        "matrix_reused": reused,
+    }
+
+
+def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbone: str, n: int,
+                       image_ids: list[int], txt, cpi: int, device: torch.device, quiet: bool) -> dict[str, Any]:
+    """Full-gallery recall of the test captions against the level-n re-rendered test images."""
+    name = distractor_name(n)
+    if is_finetune(cfg):
+        data_dir = Path("data") / name
+        ds = read_json(data_dir / "dataset.json", f"{name} dataset.json")
+        images = split_images(ds, "test")
+        regions, mask, _ = finetuned_regions(cfg, backbone, state.get("region_source") or {}, data_dir, images, device)
+        ids = [int(im["id"]) for im in images]
+    else:
+        path = Path("features") / name / backbone / "test.h5"
+        if not path.exists():
+            raise UserError(f"{path} not found; run `fga robustness distractors --n {n} --backbone {backbone}` first")
+        regions, mask, ids, _ = store_rows(path, feature_hash(distractor_cfg(cfg, n), name, backbone))
+    if ids != list(image_ids):
+        raise UserError(f"{name}: its test images differ from the synthetic test split; re-run "
+                        f"`fga robustness distractors --n {n} --backbone {backbone}`")
+    img = encode_images(model, regions, mask, device)
+    sim, _ = _timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
+    return {"n_images": len(ids), **_metrics_row(evaluate_protocol(sim, "full", cpi))}
+
+
+def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The robustness run's MLflow metrics (the contract the report reads).
+
+    ``clutter/<bin>/<name>`` and ``clutter/<bin>/n_images`` for every bin, the ``cluttered``
+    subset and ``all`` (every test image); ``distractors/<n>/<name>`` per distractor level;
+    bin labels sanitised (``16+`` -> ``16plus``); names i2t_R1 ... t2i_R10, rsum (+ medr, meanr).
+    """
+    flat: dict[str, float] = {}
+    rows = dict(result["bins"])
+    rows["cluttered"] = result["cluttered"]
+    rows["all"] = {**result["overall"], "n_images": result["n_images"]}
+    for label, row in rows.items():
+        key = f"clutter/{sanitize(label)}"
+        flat[f"{key}/n_images"] = float(row["n_images"])
+        if row.get("i2t") is not None:
+            flat.update(flat_metrics(row, key))
+    for row in result["distractors"]:
+        flat.update(flat_metrics(row, f"distractors/{row['n_extra']}"))
+    return flat

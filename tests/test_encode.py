@@ -1,0 +1,98 @@
+"""Split loading and encoding: partial store reads, batched encoding, the QB-Norm query bank (train only)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fga.data.synthetic import generate
+from fga.errors import UserError
+from fga.evaluate.encode import (caps_per_image, encode_images, encode_split, encode_texts, load_split, store_rows)
+from fga.evaluate.run import query_bank
+from fga.features.extract import feature_hash
+from fga.features.store import StoreWriter, read_store
+from fga.features.text import build_vocab_file
+from fga.io import read_json
+from fga.models.grm import GRM
+
+DS, BK = "synthetic", "rand"
+R, D = 3, 10
+
+
+def cfg() -> dict:
+    return {"data": {DS: {"seed": 0, "n_train": 20, "n_val": 3, "n_test": 6, "image_size": 48, "min_objects": 1,
+                          "max_objects": 3}},
+            "features": {"batch_size": 8, "text": {"min_count": 1, "max_words": 90},
+                         "backbones": {BK: {"model": "none", "weights": "random", "regions": "grid", "grid_size": 2}}},
+            "train": {"mode": "frozen_features"}}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = cfg()
+    generate(tmp_path / "data" / DS, progress=False, **c["data"][DS])
+    build_vocab_file(tmp_path / "data" / DS / "dataset.json", tmp_path / "features" / DS / "vocab.json", 1)
+    ds = read_json(tmp_path / "data" / DS / "dataset.json")
+    rng = np.random.default_rng(0)
+    attrs = {"backbone": BK, "dataset": DS, "model": "none", "region_source": "grid", "weights_source": "random",
+             "feature_dim": D, "params_hash": feature_hash(c, DS, BK)}
+    for split in ("train", "val", "test"):
+        ids = [im["id"] for im in ds["images"] if im["split"] == split]
+        w = StoreWriter(tmp_path / "features" / DS / BK / f"{split}.h5", len(ids), R, D, attrs)
+        mask = np.ones((len(ids), R), bool)
+        mask[::3, -1] = False
+        w.write(0, rng.standard_normal((len(ids), R, D)).astype(np.float32), np.zeros((len(ids), R, 4), np.float32),
+                mask, np.array(ids, np.int64))
+        w.finish()
+    return tmp_path, c
+
+
+def test_store_rows_reads_a_subset(project):
+    root, c = project
+    path = root / "features" / DS / BK / "train.h5"
+    whole = read_store(path)
+    regions, mask, ids, attrs = store_rows(path, feature_hash(c, DS, BK), [7, 2, 11])
+    assert ids == [int(whole.image_id[i]) for i in (2, 7, 11)]  # sorted rows
+    assert np.array_equal(regions.numpy(), whole.regions[[2, 7, 11]]) and np.array_equal(mask.numpy(), whole.mask[[2, 7, 11]])
+    assert attrs["dataset"] == DS
+    with pytest.raises(UserError, match="out of range"):
+        store_rows(path, None, [0, 99])
+    with pytest.raises(UserError, match="other feature params"):
+        store_rows(path, "deadbeef")
+
+
+def test_encode_split_in_batches_equals_one_batch(project):
+    root, c = project
+    data = load_split(c, DS, BK, "test")
+    assert caps_per_image(data) == 5 and data.n_images == 6
+    torch.manual_seed(0)
+    model = GRM(D, 200, embed_dim=8, word_dim=4, num_prompts=2).eval()
+    img, txt = encode_split(model, data, torch.device("cpu"), batch_size=4)
+    img1 = encode_images(model, data.regions, data.mask, torch.device("cpu"), batch_size=100)
+    txt1 = encode_texts(model, data.tokens, data.lengths, torch.device("cpu"), batch_size=100)
+    for a, b in ((img, img1), (txt, txt1)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    np.testing.assert_allclose(model.similarity(img, txt).numpy(), model.similarity(img1, txt1).numpy(), atol=1e-6)
+
+
+def test_query_bank_is_a_seeded_train_subset(project):
+    root, c = project
+    ds = read_json(root / "data" / DS / "dataset.json")
+    train_ids = {im["id"] for im in ds["images"] if im["split"] == "train"}
+    test_ids = {im["id"] for im in ds["images"] if im["split"] == "test"}
+    qb = {"bank_size": {"images": 8, "captions": 30}, "seed": 0}
+    bank = query_bank(c, DS, BK, qb, {}, torch.device("cpu"), test_ids)
+    assert bank["n_images"] == 8 and bank["n_captions"] == 30 and bank["regions"].shape == (8, R, D)
+    assert len(bank["tokens"]) == 30
+    again = query_bank(c, DS, BK, qb, {}, torch.device("cpu"), test_ids)
+    assert torch.equal(bank["regions"], again["regions"]) and torch.equal(bank["tokens"], again["tokens"])
+    other = query_bank(c, DS, BK, {**qb, "seed": 1}, {}, torch.device("cpu"), test_ids)
+    assert not torch.equal(bank["regions"], other["regions"])
+    capped = query_bank(c, DS, BK, {"bank_size": {"images": 500, "captions": 5000}, "seed": 0}, {},
+                        torch.device("cpu"), test_ids)
+    assert capped["n_images"] == 20 and capped["n_captions"] == 100  # the whole train split, never more
+    with pytest.raises(UserError, match="overlaps"):  # a bank that would contain evaluated images is refused
+        query_bank(c, DS, BK, qb, {}, torch.device("cpu"), train_ids)

@@ -1,0 +1,229 @@
+"""fga.report on MLflow runs logged here with fga.tracking.log_run: tables, provenance, figures, report run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fga.errors import UserError
+from fga.report import COLUMNS, PAPER_GRM_RSUM, write_report
+from fga.tracking import experiment_name, log_run
+
+SEEDS = (0, 1, 2)
+METHODS = {"grm": {"embed_dim": 8}, "grm_no_sa": {"arch": "grm", "use_saliency": False},
+           "grm_no_rp": {"arch": "grm", "use_region_prompt": False}, "vse_mean": {"embed_dim": 8}}
+BINS = {"1-3": 40, "4-6": 35, "7plus": 25, "cluttered": 30, "all": 100}
+DISTRACTORS = (0, 2, 4)
+
+
+def make_cfg(tmp: Path, uri: str, methods=tuple(METHODS)) -> dict:
+    return {"grid": {"datasets": ["synthetic"], "backbones": ["lite0_roi"], "methods": list(methods), "seeds": list(SEEDS)},
+            "methods": METHODS,
+            "tracking": {"uri": uri, "artifact_root": str(tmp / "mlartifacts")},
+            "report": {"tables_dir": str(tmp / "reports/tables"), "figures_dir": str(tmp / "reports/figures")}}
+
+
+def recall(method: str, seed: int, shift: float = 0.0) -> dict[str, float]:
+    base = {"grm": 30.0, "grm_no_sa": 25.0, "grm_no_rp": 27.0, "vse_mean": 20.0}[method] + seed + shift
+    vals = {c: base + i for i, c in enumerate(COLUMNS[:-1])}
+    vals["rsum"] = sum(vals.values())
+    return vals
+
+
+def key(method, seed, stage):
+    return {"dataset": "synthetic", "backbone": "lite0_roi", "method": method, "seed": seed, "stage": stage}
+
+
+def log_evaluate(cfg, method, seed, *, ci=True, qbnorm=True, artifacts=None):
+    vals = recall(method, seed)
+    metrics = {f"full/{k}": v for k, v in vals.items()}
+    if ci:
+        metrics.update({f"full/ci/{k}_lo": v - 2 for k, v in vals.items()})
+        metrics.update({f"full/ci/{k}_hi": v + 2 for k, v in vals.items()})
+    if qbnorm:
+        qb = {k: v + 1 for k, v in vals.items() if k != "rsum"}  # +1 on each recall: +6 rSum
+        metrics.update({f"qbnorm/full/{k}": v for k, v in {**qb, "rsum": sum(qb.values())}.items()})
+    return log_run(cfg, key(method, seed, "evaluate"), metrics=metrics, artifacts=artifacts,
+                   tags={"protocol": "full", "split": "test", "weights_source": "packaged"})
+
+
+def log_robustness(cfg, method, seed):
+    metrics = {}
+    for i, (label, n) in enumerate(BINS.items()):
+        metrics[f"clutter/{label}/n_images"] = n
+        metrics.update({f"clutter/{label}/{k}": v for k, v in recall(method, seed, shift=-3 * i).items()})
+    for n in DISTRACTORS:
+        metrics.update({f"distractors/{n}/{k}": v for k, v in recall(method, seed, shift=-n).items()})
+    return log_run(cfg, key(method, seed, "robustness"), metrics=metrics, tags={"protocol": "full"})
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory, _empty_store_template):
+    """Evaluate + robustness runs for 4 methods x 3 seeds (2 ablation variants), then the report."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("report")
+    shutil.copy(_empty_store_template, tmp / "mlruns.db")
+    cfg = make_cfg(tmp, f"sqlite:///{tmp / 'mlruns.db'}")
+    ids = {}
+    for method in METHODS:
+        for seed in SEEDS:
+            ids[(method, seed, "evaluate")] = log_evaluate(cfg, method, seed)
+            ids[(method, seed, "robustness")] = log_robustness(cfg, method, seed)
+    write_report(cfg, quiet=True)
+    return tmp, cfg, ids
+
+
+def test_main_table_means_ci_and_provenance(full_report):
+    tmp, _, ids = full_report
+    tables = tmp / "reports/tables"
+    main = pd.read_csv(tables / "main.csv")
+    assert sorted(main["method"]) == sorted(METHODS) and (main["seeds"] == 3).all()
+    for _, row in main.iterrows():
+        per_seed = [recall(row["method"], s) for s in SEEDS]
+        for c in COLUMNS:
+            assert row[f"{c}_mean"] == pytest.approx(sum(p[c] for p in per_seed) / 3, abs=1e-3)
+        assert row["rsum_std"] == pytest.approx(pd.Series([p["rsum"] for p in per_seed]).std(), abs=1e-3)
+        assert row["rsum_ci_lo_mean"] == pytest.approx(row["rsum_mean"] - 2, abs=1e-3)
+        assert row["rsum_ci_hi_mean"] == pytest.approx(row["rsum_mean"] + 2, abs=1e-3)
+    md = (tables / "main.md").read_text()
+    assert "rSum 95% CI" in md and "±" in md
+    assert "\\toprule" in (tables / "main.tex").read_text() and "$\\pm$" in (tables / "main.tex").read_text()
+    prov = pd.read_csv(tables / "main_provenance.csv")
+    assert sorted(prov["run_id"]) == sorted(v for (m, s, st), v in ids.items() if st == "evaluate")
+    # measured tables never carry the paper's numbers
+    for name in ("main", "ablation", "robustness_clutter"):
+        assert "516.2" not in (tables / f"{name}.md").read_text()
+
+
+def test_ablation_table_rows_and_deltas(full_report):
+    tmp, _, ids = full_report
+    abl = pd.read_csv(tmp / "reports/tables/ablation.csv")
+    assert list(abl["method"]) == ["grm", "grm_no_rp", "grm_no_sa"]
+    assert list(abl["model"]) == ["GRM (full)", "w/o RP", "w/o SA"]
+    full = abl.set_index("method")["rsum_mean"]["grm"]
+    for _, row in abl.iterrows():
+        assert row["delta_rsum"] == pytest.approx(row["rsum_mean"] - full, abs=1e-3)
+    # variants score 5 and 3 points lower per recall -> 30 and 18 rSum
+    assert abl.set_index("method")["delta_rsum"].to_dict() == pytest.approx({"grm": 0, "grm_no_rp": -18, "grm_no_sa": -30})
+    md = (tmp / "reports/tables/ablation.md").read_text()
+    assert "w/o SA" in md and "-30.0" in md and "vse_mean" not in md
+    prov = pd.read_csv(tmp / "reports/tables/ablation_provenance.csv")
+    assert set(prov["method"]) == {"grm", "grm_no_rp", "grm_no_sa"} and len(prov) == 9
+
+
+def test_robustness_tables(full_report):
+    tmp, _, ids = full_report
+    tables = tmp / "reports/tables"
+    clutter = pd.read_csv(tables / "robustness_clutter.csv")
+    grm = clutter[clutter["method"] == "grm"]
+    assert list(grm["bin"]) == list(BINS)  # ranges by lower edge, then cluttered, then all
+    for i, (label, n) in enumerate(BINS.items()):
+        row = grm[grm["bin"] == label].iloc[0]
+        expected = [recall("grm", s, shift=-3 * i)["rsum"] for s in SEEDS]
+        assert row["rsum_mean"] == pytest.approx(sum(expected) / 3, abs=1e-3)
+        assert row["rsum_std"] == pytest.approx(pd.Series(expected).std(), abs=1e-3)
+        assert row["n_images"] == n and row["seeds"] == 3
+    md = (tables / "robustness_clutter.md").read_text()
+    assert "rSum 1-3 (n=40)" in md and "rSum 7plus (n=25)" in md
+    prov = pd.read_csv(tables / "robustness_clutter_provenance.csv")
+    assert set(prov["run_id"]) == {v for (m, s, st), v in ids.items() if st == "robustness"}
+    dis = pd.read_csv(tables / "robustness_distractors.csv")
+    assert sorted(dis["n_extra"].unique()) == list(DISTRACTORS)
+    row = dis[(dis["method"] == "vse_mean") & (dis["n_extra"] == 4)].iloc[0]
+    assert row["rsum_mean"] == pytest.approx(sum(recall("vse_mean", s, shift=-4)["rsum"] for s in SEEDS) / 3, abs=1e-3)
+    qb = pd.read_csv(tables / "qbnorm.csv")
+    assert qb["delta_rsum"].tolist() == pytest.approx([6.0] * 4)
+
+
+def test_paper_reference_is_separate_and_labelled(full_report):
+    tmp, _, _ = full_report
+    tables = tmp / "reports/tables"
+    md = (tables / "paper_reference.md").read_text()
+    assert "paper (not measured here)" in md
+    for value in ("516.2", "532.5", "443.0", "531.8", "538.2", "451.2", "546.0", "547.5", "470.8", "550.7",
+                  "548.0", "478.3"):
+        assert value in md
+    csv = pd.read_csv(tables / "paper_reference.csv")
+    assert (csv["source"] == "paper (not measured here)").all()
+    assert csv[["flickr30k_1k", "coco_1k", "coco_5k"]].to_numpy().tolist() == \
+        PAPER_GRM_RSUM[["flickr30k_1k", "coco_1k", "coco_5k"]].to_numpy().tolist()
+    assert "not measured here" in (tables / "paper_reference.tex").read_text()
+
+
+def test_figures_and_report_run(full_report):
+    tmp, cfg, _ = full_report
+    figures = tmp / "reports/figures"
+    for name in ("clutter_recall", "distractor_recall", "seed_spread"):
+        for ext in ("png", "pdf"):
+            path = figures / f"{name}.{ext}"
+            assert path.stat().st_size > 5000, path
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
+    report = mlflow.search_runs(experiment_names=[experiment_name("synthetic")], filter_string="tags.stage = 'report'")
+    assert len(report) == 1
+    client = mlflow.MlflowClient()
+    run_id = report["run_id"][0]
+    tables = {a.path for a in client.list_artifacts(run_id, "tables")}
+    assert {"tables/main.md", "tables/ablation.csv", "tables/paper_reference.md", "tables/main_provenance.csv"} <= tables
+    assert "figures/seed_spread.png" in {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert report["metrics.n_evaluate_runs"][0] == 12
+
+
+def test_rerun_replaces_outputs_and_report_run(full_report):
+    tmp, cfg, _ = full_report
+    cfg = {**cfg, "grid": {**cfg["grid"], "methods": ["grm", "vse_mean"]}}
+    stale = tmp / "reports/tables/stale.md"
+    stale.write_text("old")
+    write_report(cfg, quiet=True)
+    assert not stale.exists()  # the directory is replaced as a whole
+    # runs of methods no longer in the grid stay in the store but not in the tables
+    assert sorted(pd.read_csv(tmp / "reports/tables/main.csv")["method"]) == ["grm", "vse_mean"]
+    assert not (tmp / "reports/tables/ablation.md").exists()
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
+    assert len(mlflow.search_runs(experiment_names=[experiment_name("synthetic")],
+                                  filter_string="tags.stage = 'report'")) == 1
+
+
+def test_degrades_without_robustness_variants_or_ci(tmp_path, mlflow_store, capsys):
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm", "vse_mean"))
+    cfg["methods"] = {"grm": {}, "vse_mean": {}}
+    for method in ("grm", "vse_mean"):
+        for seed in (0, 1):
+            log_evaluate(cfg, method, seed, ci=False, qbnorm=False)
+    write_report(cfg)
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "WARNING: 2 grid cell(s) have no evaluate run" in captured.err  # grid seeds 0-2, runs of seeds 0-1
+    assert "Incomplete grid" in (tmp_path / "reports/tables/main.md").read_text()
+    for what in ("ablation table skipped", "QB-Norm table skipped", "clutter table and figure skipped",
+                 "distractor table and figure skipped", "heat maps skipped"):
+        assert what in out
+    tables = {p.name for p in (tmp_path / "reports/tables").iterdir()}
+    assert tables == {f"{n}{s}" for n in ("main", "paper_reference") for s in (".md", ".csv", ".tex", "_provenance.csv")}
+    assert {p.name for p in (tmp_path / "reports/figures").iterdir()} == {"seed_spread.png", "seed_spread.pdf"}
+    main = pd.read_csv(tmp_path / "reports/tables/main.csv")
+    assert "rsum_ci_lo_mean" not in main and "rSum 95% CI" not in (tmp_path / "reports/tables/main.md").read_text()
+
+
+def test_region_word_heat_maps_from_artifacts(tmp_path, mlflow_store):
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm",))
+    att = tmp_path / "region_attention_0.json"
+    att.write_text(json.dumps({"words": ["a", "red", "circle"], "regions": ["p0", "p1"],
+                               "attention": [[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]], "caption": "a red circle"}))
+    log_evaluate(cfg, "grm", 0, artifacts=[(att, "attention")])
+    log_evaluate(cfg, "grm", 1)
+    write_report(cfg, quiet=True)
+    assert (tmp_path / "reports/figures/attention_synthetic_lite0_roi_grm_0.png").stat().st_size > 3000
+    assert not list((tmp_path / "reports").glob(".*artifacts"))
+
+
+def test_no_evaluate_runs_is_one_clear_error(tmp_path, mlflow_store):
+    with pytest.raises(UserError, match="no evaluate runs"):
+        write_report(make_cfg(tmp_path, mlflow_store), quiet=True)
+    assert not (tmp_path / "reports/tables").exists()

@@ -1,0 +1,154 @@
+"""The Snakefile and dvc.yaml declare the same stages; Snakemake reruns exactly what a params change touches.
+
+The sync check compares concrete jobs, not patterns: `snakemake -n -p` over the real params.yaml gives
+every job's rule, outputs and shell command; DVC's own parser expands dvc.yaml's foreach/matrix stages
+into theirs. Every Snakemake job must have the DVC stage with the same `python -m fga ...` command (same
+verb, same arguments), of the same name, with the same outputs, and the other way round.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, copy_project
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Deliberate differences, by rule: outputs only DVC tracks. `prepare_data` also writes data/<dataset>/images/,
+# which Snakemake regenerates with the JSONs but DVC must carry through `dvc push` / `dvc pull`.
+DVC_ONLY_OUTPUTS = {"prepare_data": {"data/{dataset}/images"}}
+# A DVC output may be the directory that holds a rule's outputs (distractor_data: data/synthetic_distract<n>/
+# holds dataset.json + instances.json + images/); that counts as the same outputs.
+NOT_FGA_RULES = {"all"}
+
+
+def canonical(cmd: str) -> tuple:
+    """`[ENV=..] python -m fga VERB.. --opt val .. [--params P] [--quiet] [> log 2>&1]` -> (verb words, options)."""
+    tokens = shlex.split(cmd)
+    while tokens and re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]):
+        tokens.pop(0)
+    assert tokens[:3] == ["python", "-m", "fga"], f"not an fga command: {cmd!r}"
+    tokens = tokens[3:]
+    if ">" in tokens:
+        tokens = tokens[: tokens.index(">")]
+    verb = []
+    while tokens and not tokens[0].startswith("--"):
+        verb.append(tokens.pop(0))
+    opts = {}
+    while tokens:
+        flag = tokens.pop(0)
+        value = tokens.pop(0) if tokens and not tokens[0].startswith("--") else True
+        opts[flag] = value
+    opts.pop("--params", None)  # Snakemake hands the CLI the config it resolved; DVC's CLI reads params.yaml
+    opts.pop("--quiet", None)
+    return tuple(verb), tuple(sorted(opts.items()))
+
+
+def snakemake_jobs(project: Path) -> list[dict]:
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", "--forceall"], cwd=project,
+                         capture_output=True, text=True, timeout=300, env={"PATH": f"{BIN}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs, job = [], None
+    for line in (out.stdout + out.stderr).splitlines():
+        if m := re.match(r"^(local)?rule (\w+):$", line):
+            job = {"rule": m[2], "outputs": set(), "cmd": None}
+            jobs.append(job)
+        elif job is not None and (m := re.match(r"^\s+output: (.*)$", line)):
+            job["outputs"] = {p.strip() for p in m[1].split(", ")}
+        elif job is not None and line.startswith("Shell command: "):
+            job["cmd"] = line.removeprefix("Shell command: ")
+    return [j for j in jobs if j["rule"] not in NOT_FGA_RULES]
+
+
+def dvc_stages(project: Path) -> list[dict]:
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True, timeout=120)
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return [{"name": s.name.split("@")[0], "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs}}
+                for s in repo.index.stages]
+
+
+def covered(sm_outputs: set[str], dvc_outputs: set[str]) -> tuple[set[str], set[str]]:
+    """(Snakemake outputs no DVC output equals or contains, DVC outputs that neither equal nor contain one)."""
+    def inside(path: str, d: str) -> bool:
+        return path == d or path.startswith(d.rstrip("/") + "/")
+
+    missing = {o for o in sm_outputs if not any(inside(o, d) for d in dvc_outputs)}
+    extra = {d for d in dvc_outputs if not any(inside(o, d) for o in sm_outputs)}
+    return missing, extra
+
+
+def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
+    for name in ("Snakefile", "dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    jobs = snakemake_jobs(tmp_path)
+    stages = dvc_stages(tmp_path)
+    assert jobs and stages
+    by_cmd = {}
+    for s in stages:
+        by_cmd.setdefault(canonical(s["cmd"]), []).append(s)
+    problems = []
+    matched = set()
+    for job in jobs:
+        assert job["cmd"], f"rule {job['rule']} has no shell command"
+        key = canonical(job["cmd"])
+        found = by_cmd.get(key, [])
+        if len(found) != 1:
+            problems.append(f"{job['rule']}: {len(found)} dvc.yaml stages run `{job['cmd'].split(' --params')[0]}`")
+            continue
+        stage = found[0]
+        matched.add(id(stage))
+        if stage["name"] != job["rule"]:
+            problems.append(f"{job['rule']}: the dvc.yaml stage with the same command is named {stage['name']!r}")
+        missing, extra = covered(job["outputs"], stage["outputs"])
+        allowed = {p.format(**dict(opt for opt in ((k.lstrip("-"), v) for k, v in key[1]))) for p in
+                   DVC_ONLY_OUTPUTS.get(job["rule"], set())}
+        if missing:
+            problems.append(f"{job['rule']}: Snakemake outputs not in dvc.yaml: {sorted(missing)}")
+        if extra - allowed:
+            problems.append(f"{job['rule']}: dvc.yaml outputs the rule does not declare: {sorted(extra - allowed)}")
+    unmatched = [s["name"] + ": " + s["cmd"] for s in stages if id(s) not in matched]
+    if unmatched:
+        problems.append(f"dvc.yaml stages no Snakemake job runs: {unmatched}")
+    assert not problems, "Snakefile and dvc.yaml disagree:\n  " + "\n  ".join(problems)
+
+
+def test_canonical_command_normalises_what_may_differ():
+    sm = ("OMP_NUM_THREADS=2 python -m fga features extract --dataset synthetic --backbone b "
+          "--params .snakemake/fga/params.resolved.yaml --quiet > logs/x.log 2>&1")
+    assert canonical(sm) == canonical("python -m fga features extract --backbone b --dataset synthetic --quiet")
+    assert canonical(sm) != canonical("python -m fga features text --dataset synthetic --quiet")
+
+
+@pytest.mark.e2e
+def test_a_method_param_change_reruns_only_that_methods_branch(tiny_completed, tmp_path):
+    project = copy_project(tiny_completed, tmp_path / "project")
+    cfg = yaml.safe_load((project / "params.yaml").read_text())
+    assert "grm" in cfg["grid"]["methods"] and len(cfg["grid"]["methods"]) > 1
+    cfg["methods"]["grm"]["margin"] = cfg["methods"]["grm"]["margin"] + 0.05
+    (project / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "workflow/profiles/default"], cwd=project,
+                         capture_output=True, text=True, timeout=300, env={"PATH": f"{BIN}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", text):
+        if m := re.match(r"(?:local)?rule (\w+):", block):
+            w = re.search(r"wildcards: (.*)", block)
+            jobs.append((m[1], dict(kv.split("=", 1) for kv in w[1].split(", ")) if w else {}))
+    seeds = [str(s) for s in cfg["grid"]["seeds"]]
+    rules = {r for r, _ in jobs}
+    assert rules <= {"train", "evaluate", "robustness", "report", "all"}, sorted(rules)
+    for rule in ("train", "evaluate") + (("robustness",) if "robustness" in rules else ()):
+        got = sorted((w["method"], w["seed"]) for r, w in jobs if r == rule)
+        assert got == [("grm", s) for s in seeds], (rule, got)
+    assert "report" in rules
+    assert "reason: Params have changed since last execution" in text
