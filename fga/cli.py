@@ -57,6 +57,12 @@ def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
                      cfg["features"]["text"]["min_count"])
 
 
+def cmd_features_text_encode(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.features.text import extract_text, text_store_dir
+
+    extract_text(cfg, a.dataset, a.encoder, Path("data") / a.dataset, text_store_dir(a.dataset, a.encoder), quiet=a.quiet)
+
+
 def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.extract import extract
 
@@ -163,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     _common(p)
     p.set_defaults(func=cmd_features_text)
+    p = feats.add_parser("text-encode", help="transformer token features of every caption -> features/<dataset>/text_<encoder>/")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", default="minilm", help="a features.text.encoders entry (default: the packaged MiniLM)")
+    _common(p)
+    p.set_defaults(func=cmd_features_text_encode)
 
     for verb, func, help_ in [("train", cmd_train, "train one run -> runs/.../checkpoint.pt"),
                               ("evaluate", cmd_evaluate, "recall of one run -> results/.../metrics.json")]:

@@ -128,13 +128,13 @@ def _pm(mean: float, std: float) -> str:
     return DASH if pd.isna(mean) else f"{mean:.1f} ± {std:.1f}"
 
 
-def _display(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
+def _display(summary: pd.DataFrame, keys: list[str] = KEYS, confidence: float = 0.95) -> pd.DataFrame:
     extra = [c for c in ("weights", "seeds") if c in summary]
     table = summary[keys + extra].copy()
     for c in COLUMNS:
         table[HEADERS[c]] = [_pm(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
     if "rsum_ci_lo_mean" in summary:
-        table["rSum 95% CI"] = [DASH if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
+        table[f"rSum {confidence:.0%} CI"] = [DASH if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
                                 for lo, hi in zip(summary["rsum_ci_lo_mean"], summary["rsum_ci_hi_mean"])]
     return table.rename(columns={k: k.capitalize() for k in keys + extra})
 
@@ -168,9 +168,10 @@ def _write_table(out: Path, name: str, title: str, note: str, display: pd.DataFr
 # ------------------------------------------------------------------------------------------------- tables
 
 
-def main_table(runs: pd.DataFrame, out: Path, missing: list[str] | None = None) -> pd.DataFrame:
+def main_table(runs: pd.DataFrame, out: Path, missing: list[str] | None = None,
+               confidence: float = 0.95) -> pd.DataFrame:
     summary = summarise(runs)
-    ci = " The rSum 95% CI is the seed-mean of each run's percentile bootstrap interval (test images resampled " \
+    ci = f" The rSum {confidence:.0%} CI is the seed-mean of each run's percentile bootstrap interval (test images resampled " \
          "with their captions); CSV columns `<name>_ci_lo_mean`/`_hi_mean` hold every recall's." \
         if "rsum_ci_lo_mean" in summary else ""
     note = ("Recall@K in %, mean ± sample std over seeds (Seeds = number of runs per cell); rSum = sum of the six "
@@ -179,7 +180,8 @@ def main_table(runs: pd.DataFrame, out: Path, missing: list[str] | None = None) 
         note += (f"\n\n**Incomplete grid**: no evaluate run for {len(missing)} cell(s) of `grid` "
                  f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); their rows average fewer seeds.")
     prov_cols = KEYS + ["seed", "run_id"] + COLUMNS + _present(runs, [f"rsum_ci_{b}" for b in ("lo", "hi")])
-    _write_table(out, "main", "Image-text retrieval (test split)", note, _display(summary), summary, runs[prov_cols])
+    _write_table(out, "main", "Image-text retrieval (test split)", note, _display(summary, confidence=confidence),
+                 summary, runs[prov_cols])
     return summary
 
 
@@ -248,7 +250,8 @@ def qbnorm_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
         return False
     have = runs[runs["qb_rsum"].notna()].copy()
     plain = summarise(have)
-    renamed = have.drop(columns=COLUMNS).rename(columns={f"qb_{c}": c for c in COLUMNS})
+    ci = [c for c in have if "_ci_" in c]  # the plain recalls' intervals; QB-Norm's have none
+    renamed = have.drop(columns=COLUMNS + ci).rename(columns={f"qb_{c}": c for c in COLUMNS})
     summary = summarise(renamed)
     summary["delta_rsum"] = summary["rsum_mean"].to_numpy() - plain["rsum_mean"].to_numpy()
     display = _display(summary)
@@ -551,7 +554,8 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
     tables_dir = Path(cfg["report"]["tables_dir"])
     figures_dir = Path(cfg["report"]["figures_dir"])
     with atomic_dir(tables_dir) as out:
-        summary = main_table(runs, out, missing)
+        confidence = float(cfg.get("evaluate", {}).get("bootstrap", {}).get("confidence", 0.95))
+        summary = main_table(runs, out, missing, confidence)
         ablation_table(cfg, runs, summary, out, quiet)
         qbnorm_table(runs, out, quiet)
         has_clutter = clutter_table(clutter, out, quiet)
@@ -574,5 +578,5 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
                          if not clutter.empty else 0},
                 artifacts=[(tables_dir, "tables"), (figures_dir, "figures")])
     if not quiet:
-        print(_markdown(_display(summary)))
+        print(_markdown(_display(summary, confidence=confidence)))
         print(f"report: tables in {tables_dir}/, figures in {figures_dir}/")

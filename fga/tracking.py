@@ -13,7 +13,8 @@ Concurrency. Many Snakemake/Slurm jobs log at once, to a sqlite file or to an ``
   the runs with its key and deletes every one but the extreme of what it sees (newest for a run key,
   oldest for a group's parent), ordered by ``(start_time, run_id)``. For any two writers at least
   one of them sees both runs (each searches after its own create), so exactly the global extreme
-  survives: no duplicate, no lost run, whatever the interleaving.
+  survives: no duplicate, no lost run, whatever the interleaving. (Re-logging a key from another machine
+  relies on the clocks agreeing to better than the time between the two logs: start_time is the writer's.)
 - a child may briefly point at a parent that a concurrent writer deleted as a duplicate; each
   writer re-points its group's children to the surviving parent, and :func:`reconcile` (run by
   ``fga report``, a single writer after all runs) repairs whatever a race left behind.
@@ -57,18 +58,18 @@ def variant_of(cfg: dict[str, Any], method: str) -> str:
     return str(section.get("arch", "base"))
 
 
-def _is_sqlite(uri: str) -> bool:
-    return uri.startswith("sqlite:///")
+SERVER_SCHEMES = ("http://", "https://", "postgresql", "mysql", "mssql", "databricks")
 
 
 @contextlib.contextmanager
 def _store_lock(cfg: dict[str, Any]) -> Iterator[None]:
-    """Serialise writers of a sqlite store on this machine; a no-op for servers (they serialise themselves)."""
+    """Serialise writers of a local store (sqlite file, file store) on this machine; servers and server
+    databases serialise writes themselves, and the create-then-dedupe logging keeps them consistent."""
     uri = cfg["tracking"]["uri"]
-    if not _is_sqlite(uri):
+    if uri.startswith(SERVER_SCHEMES):
         yield
         return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else Path(".mlflow.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -131,14 +132,15 @@ def _order(run) -> tuple[int, str]:
 
 
 def _delete_quietly(client, run_ids: Iterable[str]) -> None:
-    """Delete runs; one already deleted (by a concurrent writer doing the same) is fine."""
+    """Delete runs; one already gone (a concurrent writer doing the same, `mlflow gc`) is fine."""
     from mlflow.exceptions import MlflowException
 
     for run_id in run_ids:
         try:
             client.delete_run(run_id)
-        except MlflowException:
-            pass
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
 
 def _dedupe_key(client, exp_id: str, key: dict[str, str]) -> str | None:

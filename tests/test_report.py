@@ -136,6 +136,7 @@ def test_robustness_tables(full_report):
     assert row["rsum_mean"] == pytest.approx(sum(recall("vse_mean", s, shift=-4)["rsum"] for s in SEEDS) / 3, abs=1e-3)
     qb = pd.read_csv(tables / "qbnorm.csv")
     assert qb["delta_rsum"].tolist() == pytest.approx([6.0] * 4)
+    assert "rsum_ci_lo_mean" not in qb and "CI" not in (tables / "qbnorm.md").read_text()
 
 
 def test_paper_reference_is_separate_and_labelled(full_report):

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
 PROFILE = "workflow/profiles/slurm"
 # the one-node test cluster has no GPU: what the profile asks GPUs for runs on CPUs there
-GPU_RULES = ("train", "evaluate", "robustness", "extract_features")
+GPU_RULES = ("train", "evaluate", "robustness", "extract_features", "distractor_features")
 
 
 def cluster() -> tuple[str | None, str]:

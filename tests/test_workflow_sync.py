@@ -7,6 +7,7 @@ verb, same arguments), of the same name, with the same outputs, and the other wa
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -19,6 +20,7 @@ import yaml
 from conftest import BIN, copy_project
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 # Deliberate differences, by rule: outputs only DVC tracks. `prepare_data` also writes data/<dataset>/images/,
 # which Snakemake regenerates with the JSONs but DVC must carry through `dvc push` / `dvc pull`.
@@ -52,7 +54,7 @@ def canonical(cmd: str) -> tuple:
 
 def snakemake_jobs(project: Path) -> list[dict]:
     out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", "--forceall"], cwd=project,
-                         capture_output=True, text=True, timeout=300, env={"PATH": f"{BIN}:/usr/bin:/bin"})
+                         capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs, job = [], None
     for line in (out.stdout + out.stderr).splitlines():
@@ -136,7 +138,7 @@ def test_a_method_param_change_reruns_only_that_methods_branch(tiny_completed, t
     cfg["methods"]["grm"]["margin"] = cfg["methods"]["grm"]["margin"] + 0.05
     (project / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "workflow/profiles/default"], cwd=project,
-                         capture_output=True, text=True, timeout=300, env={"PATH": f"{BIN}:/usr/bin:/bin"})
+                         capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     jobs = []
