@@ -426,8 +426,7 @@ def clutter_figure(clutter: pd.DataFrame, figures: Path) -> list[str]:
         data = ranged[ranged["panel"] == panel]
         for i, (y, label) in enumerate(ys):
             ax = axes[i][j]
-            sns.lineplot(data=data, x="bin_pos", y=y, hue="method", style="method", markers=True, dashes=False,
-                         errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, legend=(i == 0 and j == len(panels) - 1))
+            _method_lines(sns, data, "bin_pos", y, ax, legend=(i == 0 and j == len(panels) - 1))
             ax.set_xticks(range(len(bins)), bins)
             ax.set_xlabel("objects per image (clutter bin)" if i == len(ys) - 1 else "")
             ax.set_ylabel(label)
@@ -439,6 +438,12 @@ def clutter_figure(clutter: pd.DataFrame, figures: Path) -> list[str]:
     return _save(fig, figures, "clutter_recall")
 
 
+def _method_lines(sns, data: pd.DataFrame, x: str, y: str, ax, legend: bool) -> None:
+    """One line per method, mean over seeds with a seeded 95% bootstrap band."""
+    sns.lineplot(data=data, x=x, y=y, hue="method", style="method", markers=True, dashes=False,
+                 errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, legend=legend)
+
+
 def distractor_figure(distract: pd.DataFrame, figures: Path) -> list[str]:
     plt, sns = _plt()
     data = distract.copy()
@@ -447,9 +452,7 @@ def distractor_figure(distract: pd.DataFrame, figures: Path) -> list[str]:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False, layout="constrained")
     for j, panel in enumerate(panels):
         ax = axes[0][j]
-        sns.lineplot(data=data[data["panel"] == panel], x="n_extra", y="rsum", hue="method", style="method",
-                     markers=True, dashes=False, errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax,
-                     legend=(j == len(panels) - 1))
+        _method_lines(sns, data[data["panel"] == panel], "n_extra", "rsum", ax, legend=(j == len(panels) - 1))
         ax.set_xticks(sorted(data["n_extra"].unique()))
         ax.set_xlabel("added distractor objects per image")
         ax.set_ylabel("rSum")

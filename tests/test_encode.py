@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from fga.data.synthetic import generate
 from fga.errors import UserError
 from fga.evaluate.encode import (caps_per_image, encode_images, encode_split, encode_texts, load_split, store_rows)
 from fga.evaluate.run import query_bank
 from fga.features.extract import feature_hash
-from fga.features.store import StoreWriter, read_store
-from fga.features.text import build_vocab_file
+from fga.features.store import read_store
 from fga.io import read_json
 from fga.models.grm import GRM
+from store_fixtures import write_random_project
 
 DS, BK = "synthetic", "rand"
 R, D = 3, 10
@@ -31,20 +30,7 @@ def cfg() -> dict:
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     c = cfg()
-    generate(tmp_path / "data" / DS, progress=False, **c["data"][DS])
-    build_vocab_file(tmp_path / "data" / DS / "dataset.json", tmp_path / "features" / DS / "vocab.json", 1)
-    ds = read_json(tmp_path / "data" / DS / "dataset.json")
-    rng = np.random.default_rng(0)
-    attrs = {"backbone": BK, "dataset": DS, "model": "none", "region_source": "grid", "weights_source": "random",
-             "feature_dim": D, "params_hash": feature_hash(c, DS, BK)}
-    for split in ("train", "val", "test"):
-        ids = [im["id"] for im in ds["images"] if im["split"] == split]
-        w = StoreWriter(tmp_path / "features" / DS / BK / f"{split}.h5", len(ids), R, D, attrs)
-        mask = np.ones((len(ids), R), bool)
-        mask[::3, -1] = False
-        w.write(0, rng.standard_normal((len(ids), R, D)).astype(np.float32), np.zeros((len(ids), R, 4), np.float32),
-                mask, np.array(ids, np.int64))
-        w.finish()
+    write_random_project(tmp_path, c, DS, BK, R, D, pad_every=3)
     return tmp_path, c
 
 

@@ -22,11 +22,9 @@ import pytest
 import torch
 
 from fga.data.synthetic import generate
-from fga.errors import UserError
-from fga.features.extract import feature_hash
-from fga.features.store import StoreWriter
 from fga.features.text import build_vocab_file
-from fga.io import read_json
+from fga.errors import UserError
+from store_fixtures import write_random_project
 
 ROOT = Path(__file__).resolve().parent.parent
 DS, BK = "synthetic", "rand"
@@ -59,20 +57,7 @@ def tiny_cfg(**train: object) -> dict:
 
 def make_project(root: Path, cfg: dict) -> None:
     """data/<ds> (real synthetic scenes), features/<ds>/vocab.json and random features for every split."""
-    generate(root / "data" / DS, progress=False, **cfg["data"][DS])
-    build_vocab_file(root / "data" / DS / "dataset.json", root / "features" / DS / "vocab.json", 1)
-    ds = read_json(root / "data" / DS / "dataset.json")
-    rng = np.random.default_rng(0)
-    attrs = {"backbone": BK, "dataset": DS, "model": "none", "region_source": "grid", "weights_source": "random",
-             "feature_dim": FEAT_DIM, "params_hash": feature_hash(cfg, DS, BK)}
-    for split in ("train", "val", "test"):
-        ids = [im["id"] for im in ds["images"] if im["split"] == split]
-        writer = StoreWriter(root / "features" / DS / BK / f"{split}.h5", len(ids), N_REGIONS, FEAT_DIM, attrs)
-        regions = rng.standard_normal((len(ids), N_REGIONS, FEAT_DIM)).astype(np.float32)
-        mask = np.ones((len(ids), N_REGIONS), bool)
-        mask[::2, -1] = False  # some padded regions
-        writer.write(0, regions, np.zeros((len(ids), N_REGIONS, 4), np.float32), mask, np.array(ids, np.int64))
-        writer.finish()
+    write_random_project(root, cfg, DS, BK, N_REGIONS, FEAT_DIM, pad_every=2)
 
 
 @pytest.fixture
