@@ -15,6 +15,8 @@ Concurrency. Many Snakemake/Slurm jobs log at once, to a sqlite file or to an ``
   one of them sees both runs (each searches after its own create), so exactly the global extreme
   survives: no duplicate, no lost run, whatever the interleaving. (Re-logging a key from another machine
   relies on the clocks agreeing to better than the time between the two logs: start_time is the writer's.)
+  A writer whose run is deleted while it is still logging (a newer writer of the key finished first)
+  stops logging quietly: the newer, complete run holds the key.
 - a child may briefly point at a parent that a concurrent writer deleted as a duplicate; each
   writer re-points its group's children to the surviving parent, and :func:`reconcile` (run by
   ``fga report``, a single writer after all runs) repairs whatever a race left behind.
@@ -162,8 +164,21 @@ def _ensure_parent(client, exp_id: str, group: dict[str, str], variant: str) -> 
     name = "/".join(group[k] for k in ("backbone", "method"))
     run = client.create_run(exp_id, run_name=name, tags={**group, "stage": PARENT_STAGE, "variant": variant,
                                                          "mlflow.note.content": f"seeds of {group['dataset']}/{name}"})
-    client.set_terminated(run.info.run_id)
+    with _unless_deleted_meanwhile(client, run.info.run_id):  # by a writer that created an older parent
+        client.set_terminated(run.info.run_id)
     return _settle_parents(client, exp_id, group) or run.info.run_id
+
+
+@contextlib.contextmanager
+def _unless_deleted_meanwhile(client, run_id: str) -> Iterator[None]:
+    """Writes into `run_id` that fail because a concurrent writer deleted it as a duplicate stop quietly."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException:
+        if client.get_run(run_id).info.lifecycle_stage != "deleted":
+            raise
 
 
 def _settle_parents(client, exp_id: str, group: dict[str, str]) -> str | None:
@@ -202,9 +217,8 @@ def log_run(
     config the stage ran with). artifacts: paths (files or directories), or ``(path, artifact_dir)``
     pairs. checkpoint: logged under ``checkpoint/`` only when ``tracking.log_checkpoints`` is true.
     Stages other than ``report`` hang under their (dataset, backbone, method) parent run.
+    Returns the id of the run that holds the key afterwards (a newer concurrent writer's, if it won).
     """
-    from mlflow.entities import Metric, Param, RunTag
-
     key = {k: str(key[k]) for k in KEY_TAGS}
     group = {k: key[k] for k in GROUP_TAGS}
     variant = variant_of(cfg, key["method"])
@@ -220,31 +234,38 @@ def log_run(
         all_tags = {**key, "variant": variant, "git_commit": git_commit(), **(tags or {})}
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
-        run = client.create_run(exp_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        metric_rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        for series_name, series in (step_metrics or {}).items():
-            metric_rows += [Metric(series_name, float(v), now, int(step)) for step, v in series]
-        param_rows = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
-        for i in range(0, len(param_rows), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
-            client.log_batch(run_id, params=param_rows[i : i + 100])
-        for i in range(0, len(metric_rows), 1000):
-            client.log_batch(run_id, metrics=metric_rows[i : i + 1000])
-        if params:
-            client.log_dict(run_id, params, "params.yaml")
-        for path, dest in _artifact_items(artifacts or []):
-            if path.is_dir():
-                client.log_artifacts(run_id, str(path), dest)
-            else:
-                client.log_artifact(run_id, str(path), dest)
-        if checkpoint is not None and cfg["tracking"].get("log_checkpoints", False):
-            client.log_artifact(run_id, str(checkpoint), "checkpoint")
-        client.set_terminated(run_id)
-        _dedupe_key(client, exp_id, key)
+        run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+        with _unless_deleted_meanwhile(client, run_id):  # by a newer writer of the key that finished first
+            _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint)
+        survivor = _dedupe_key(client, exp_id, key)
         if grouped:
             _settle_parents(client, exp_id, group)
-    return run_id
+    return survivor or run_id
+
+
+def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_metrics, artifacts, checkpoint) -> None:
+    """Log params, metrics, artifacts (and the checkpoint when asked) into a created run, then end it."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    metric_rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
+    for series_name, series in (step_metrics or {}).items():
+        metric_rows += [Metric(series_name, float(v), now, int(step)) for step, v in series]
+    param_rows = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
+    for i in range(0, len(param_rows), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
+        client.log_batch(run_id, params=param_rows[i : i + 100])
+    for i in range(0, len(metric_rows), 1000):
+        client.log_batch(run_id, metrics=metric_rows[i : i + 1000])
+    if params:
+        client.log_dict(run_id, params, "params.yaml")
+    for path, dest in _artifact_items(artifacts or []):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), dest)
+        else:
+            client.log_artifact(run_id, str(path), dest)
+    if checkpoint is not None and cfg["tracking"].get("log_checkpoints", False):
+        client.log_artifact(run_id, str(checkpoint), "checkpoint")
+    client.set_terminated(run_id)
 
 
 def reconcile(cfg: dict[str, Any], datasets: list[str]) -> int:

@@ -68,6 +68,28 @@ def test_relogging_a_key_replaces_the_run(tmp_path, mlflow_store):
     assert len(active(client, exp, f"tags.stage = '{PARENT_STAGE}'")) == 1
 
 
+
+def test_a_writer_whose_run_a_newer_writer_deleted_yields_to_it(tmp_path, mlflow_store, monkeypatch):
+    """The race of two writers of one key: the newer finishes first and deletes the older run mid-logging."""
+    import fga.tracking as tracking
+
+    cfg = make_cfg(tmp_path, mlflow_store)
+    real_fill = tracking._fill_run
+    newer: list[str] = []
+
+    def fill_after_a_newer_writer_won(client, cfg_, run_id, *args):
+        exp = client.get_run(run_id).info.experiment_id
+        time.sleep(0.01)  # start_time is in ms: the newer run must start later
+        newer.append(client.create_run(exp, tags={k: str(v) for k, v in key().items()}).info.run_id)
+        client.set_terminated(newer[0])
+        client.delete_run(run_id)
+        real_fill(client, cfg_, run_id, *args)
+
+    monkeypatch.setattr(tracking, "_fill_run", fill_after_a_newer_writer_won)
+    assert log_run(cfg, key(), metrics={"full/rsum": 1.0}) == newer[0]
+    client, exp = client_for(cfg)
+    assert [r.info.run_id for r in active(client, exp, "tags.stage = 'evaluate'")] == newer
+
 def test_artifacts_params_yaml_and_optional_checkpoint(tmp_path, mlflow_store):
     import yaml
 
