@@ -113,7 +113,7 @@ def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     log_run(cfg, _key(a, "evaluate"), params={"evaluate": cfg["evaluate"]}, metrics=mlflow_metrics(metrics),
             tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
                   "split": metrics["split"], "weights_source": metrics["weights_source"]},
-            artifacts=[out, out_dir / "ranks.npz"])
+            artifacts=[out, out_dir / "ranks.npz", out_dir / "attention.json"])
 
 
 def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:

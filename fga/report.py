@@ -46,7 +46,7 @@ PAPER_HEADERS = {"backbone": "Backbone", "flickr30k_1k": "Flickr30K 1K rSum", "c
                  "coco_5k": "COCO 5K rSum"}
 
 # the module an ablation switch removes (GRM.md §6, Table 2)
-SWITCH_NAMES = {"use_saliency": "SA", "use_granularity": "GA", "use_region_prompt": "RP",
+SWITCH_NAMES = {"use_saliency": "SA/GA", "use_visual_adapter": "SA", "use_text_adapter": "GA", "use_region_prompt": "RP",
                 "use_uncertainty": "UM", "use_reg": "L_reg"}
 
 
@@ -86,22 +86,38 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
     return frame.sort_values(KEYS + ["seed"]).reset_index(drop=True)
 
 
-def in_grid(cfg: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the configured grid only (a store also keeps runs of methods or seeds dropped from it)."""
+def grid_cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(dataset, backbone, method, seed) of every run the grid asks for: the main grid, then the ablation variants."""
+    grid = cfg["grid"]
+    ablation = grid.get("ablation") or {"backbones": [], "methods": []}
+    cells = [(d, b, m, int(s)) for d in grid["datasets"] for b in grid["backbones"] for m in grid["methods"]
+             for s in grid["seeds"]]
+    cells += [(d, b, m, int(s)) for d in grid["datasets"] for b in ablation["backbones"] for m in ablation["methods"]
+              for s in grid["seeds"] if (d, b, m, int(s)) not in cells]
+    return cells
+
+
+def _cells_of(runs: pd.DataFrame) -> pd.Series:
+    return pd.Series(list(zip(runs["dataset"], runs["backbone"], runs["method"], runs["seed"].astype(int))),
+                     index=runs.index, dtype=object)
+
+
+def in_grid(cfg: dict[str, Any], runs: pd.DataFrame, ablation: bool = True) -> pd.DataFrame:
+    """The runs of the configured grid only (a store also keeps runs of methods or seeds dropped from it);
+    ablation=False: the main grid only (datasets x backbones x methods x seeds, no ablation variants)."""
     if runs.empty:
         return runs
-    grid = cfg["grid"]
-    keep = (runs["dataset"].isin(grid["datasets"]) & runs["backbone"].isin(grid["backbones"])
-            & runs["method"].isin(grid["methods"]) & runs["seed"].isin([int(s) for s in grid["seeds"]]))
-    return runs[keep].reset_index(drop=True)
+    cells = set(grid_cells(cfg))
+    if not ablation:
+        grid = cfg["grid"]
+        cells = {c for c in cells if c[1] in grid["backbones"] and c[2] in grid["methods"]}
+    return runs[_cells_of(runs).isin(cells)].reset_index(drop=True)
 
 
 def missing_runs(cfg: dict[str, Any], runs: pd.DataFrame) -> list[str]:
-    """Grid cells (dataset/backbone/method/seed) without a run in `runs`."""
-    grid = cfg["grid"]
-    have = set(zip(runs["dataset"], runs["backbone"], runs["method"], runs["seed"].astype(int))) if not runs.empty else set()
-    return [f"{d}/{b}/{m}/seed{s}" for d in grid["datasets"] for b in grid["backbones"] for m in grid["methods"]
-            for s in grid["seeds"] if (d, b, m, int(s)) not in have]
+    """Grid cells (dataset/backbone/method/seed, ablation variants included) without a run in `runs`."""
+    have = set(_cells_of(runs)) if not runs.empty else set()
+    return [f"{d}/{b}/{m}/seed{s}" for d, b, m, s in grid_cells(cfg) if (d, b, m, s) not in have]
 
 
 def _present(frame: pd.DataFrame, cols: list[str]) -> list[str]:
@@ -492,10 +508,19 @@ def seed_spread_figure(runs: pd.DataFrame, figures: Path) -> list[str]:
 ATTENTION_RE = re.compile(r"(^|/)(region_)?attention[^/]*\.json$")
 
 
+def _attention_maps(item: Any) -> list[Any]:
+    """The maps of an attention artifact: ``{"maps": [...]}`` (attention.json), or one bare map (older files)."""
+    if isinstance(item, dict) and "maps" in item:
+        if not isinstance(item["maps"], list):
+            raise TypeError("'maps' is not a list")
+        return item["maps"]
+    return [item]
+
+
 def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, quiet: bool, limit: int = 4) -> list[str]:
-    """Region-word heat maps from GRM evaluate runs that saved them (artifacts ``attention*.json`` /
-    ``region_attention*.json`` holding ``{"words": [...], "attention": [[word x region]], "regions"?: [...],
-    "caption"?: str, "image_id"?: int}``); only the lowest seed of each GRM-arch method and backbone."""
+    """Region-word heat maps from GRM evaluate runs that saved them: the ``maps`` list of their ``attention.json``
+    artifact (fga.evaluate.attention), each map ``{"words": [...], "attention": [[word x region]], "regions"?: [...],
+    "caption"?: str, "image_id"?: int}``; at most `limit` maps of the lowest seed of each GRM-arch method and backbone."""
     from fga.tracking import download_artifact, list_artifacts
 
     variants = _variants(cfg)
@@ -508,22 +533,34 @@ def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, qu
     tmp_dir = figures.parent / f".{figures.name}.artifacts"
     for (dataset, backbone, method), cell in grm.groupby(RUN_KEYS, sort=True):
         run = cell.sort_values("seed").iloc[0]
-        maps = [p for p in list_artifacts(cfg, run["run_id"]) if ATTENTION_RE.search(p)][:limit]
-        for k, path in enumerate(maps):
+        k = 0
+        for path in [p for p in list_artifacts(cfg, run["run_id"]) if ATTENTION_RE.search(p)]:
             try:
-                item = json.loads(download_artifact(cfg, run["run_id"], path, tmp_dir).read_text())
-                att = pd.DataFrame(item["attention"], index=item["words"],
-                                   columns=item.get("regions") or [f"r{i}" for i in range(len(item["attention"][0]))])
-            except (OSError, KeyError, ValueError, IndexError, TypeError) as exc:
-                say(f"report: {run['run_id']}:{path} is not a region-word map ({exc}); skipped", quiet)
+                maps = _attention_maps(json.loads(download_artifact(cfg, run["run_id"], path, tmp_dir).read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                say(f"report: {run['run_id']}:{path} is not a region-word attention file ({exc}); skipped", quiet)
                 continue
-            fig, ax = plt.subplots(figsize=(0.45 * att.shape[1] + 2.5, 0.35 * att.shape[0] + 1.5))
-            sns.heatmap(att, cmap="viridis", ax=ax, cbar_kws={"label": "attention"})
-            ax.set_xlabel("region / prompt")
-            ax.set_ylabel("word")
-            ax.set_title(f"{method} on {dataset}/{backbone}, seed {run['seed']}"
-                         + (f"\n{item['caption']}" if item.get("caption") else ""), fontsize=8)
-            names += _save(fig, figures, f"attention_{dataset}_{backbone}_{method}_{k}")
+            for j, item in enumerate(maps):
+                if k >= limit:
+                    break
+                try:
+                    att = pd.DataFrame(item["attention"], index=item["words"],
+                                       columns=item.get("regions") or [f"r{i}" for i in range(len(item["attention"][0]))])
+                except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+                    say(f"report: {run['run_id']}:{path} map {j} is not a region-word map ({exc}); skipped", quiet)
+                    continue
+                fig, ax = plt.subplots(figsize=(0.45 * att.shape[1] + 2.5, 0.35 * att.shape[0] + 1.5))
+                label = "attention" if item.get("temperature") is None else f"attention (softmax, T={item['temperature']})"
+                sns.heatmap(att, cmap="viridis", ax=ax, cbar_kws={"label": label})
+                ax.set_xlabel("region / prompt")
+                ax.set_ylabel("word")
+                ax.tick_params(axis="x", rotation=90, labelsize=7)
+                ax.tick_params(axis="y", rotation=0)
+                image = f", image {item['image_id']}" if item.get("image_id") is not None else ""
+                ax.set_title(f"{method} on {dataset}/{backbone}, seed {run['seed']}{image}"
+                             + (f"\n{item['caption']}" if item.get("caption") else ""), fontsize=8)
+                names += _save(fig, figures, f"attention_{dataset}_{backbone}_{method}_{k}")
+                k += 1
     if tmp_dir.exists():
         import shutil
 
@@ -543,23 +580,24 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
 
     datasets = cfg["grid"]["datasets"]
     reconcile(cfg, datasets)  # single writer after all runs: repair any race the parallel jobs left
-    runs = in_grid(cfg, evaluation_runs(cfg))
-    if runs.empty:
+    every_run = in_grid(cfg, evaluation_runs(cfg))  # incl. the ablation variants
+    runs = in_grid(cfg, every_run, ablation=False)
+    if every_run.empty:
         raise UserError("no evaluate runs of the configured grid in the MLflow store "
                         f"({cfg['tracking']['uri']}); run the pipeline first or check `grid` and `tracking.uri`")
-    missing = missing_runs(cfg, runs)
+    missing = missing_runs(cfg, every_run)
     if missing:
         print(f"report: WARNING: {len(missing)} grid cell(s) have no evaluate run in {cfg['tracking']['uri']} "
               f"(e.g. {missing[0]}); the tables average the runs there are. The report reads MLflow: point "
               "tracking.uri at the store the runs were logged to, or rerun their evaluate stage to log them.",
               file=sys.stderr)
-    clutter, distract = (in_grid(cfg, f) for f in robustness_runs(cfg, runs_frame(cfg, datasets, "robustness")))
+    clutter, distract = (in_grid(cfg, f, ablation=False) for f in robustness_runs(cfg, runs_frame(cfg, datasets, "robustness")))
     tables_dir = Path(cfg["report"]["tables_dir"])
     figures_dir = Path(cfg["report"]["figures_dir"])
     with atomic_dir(tables_dir) as out:
         confidence = float(cfg.get("evaluate", {}).get("bootstrap", {}).get("confidence", 0.95))
         summary = main_table(runs, out, missing, confidence)
-        ablation_table(cfg, runs, summary, out, quiet)
+        ablation_table(cfg, every_run, summarise(every_run), out, quiet)
         qbnorm_table(runs, out, quiet)
         has_clutter = clutter_table(clutter, out, quiet)
         has_distract = distractor_table(distract, out, quiet)
@@ -572,11 +610,11 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
             distractor_figure(distract, figs)
         attention_figures(cfg, runs, figs, quiet)
     for dataset in datasets:
-        if dataset not in set(runs["dataset"]):
+        if dataset not in set(every_run["dataset"]):
             continue
         log_run(cfg, {"dataset": dataset, "backbone": "all", "method": "all", "seed": "all", "stage": "report"},
                 params={"report": cfg["report"], "grid": cfg["grid"]},
-                metrics={"n_evaluate_runs": int((runs["dataset"] == dataset).sum()),
+                metrics={"n_evaluate_runs": int((every_run["dataset"] == dataset).sum()),
                          "n_robustness_runs": int(clutter[clutter["dataset"] == dataset]["run_id"].nunique())
                          if not clutter.empty else 0},
                 artifacts=[(tables_dir, "tables"), (figures_dir, "figures")])

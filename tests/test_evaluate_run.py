@@ -38,7 +38,7 @@ def tiny_cfg() -> dict:
                      "bootstrap": {"n_resamples": 200, "confidence": 0.95, "seed": 0},
                      "qbnorm": {"enabled": True, "bank_size": {"images": 10, "captions": 40}, "beta": 20.0, "k": 1,
                                 "mode": "dis", "seed": 0}},
-        "robustness": {"bins": {"equal_count": 3}, "cluttered_quantile": 0.6667, "distractors": [0, 2, 4],
+        "robustness": {"bins": {"equal_count": 3}, "cluttered_quantile": 0.6667, "distractors": [2, 4],
                        "distractor_seed": 0},
         "tracking": {"uri": "sqlite:///mlruns.db", "artifact_root": "mlartifacts"},
         "report": {"tables_dir": "reports/tables", "figures_dir": "reports/figures"},

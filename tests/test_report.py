@@ -102,17 +102,33 @@ def test_ablation_table_rows_and_deltas(full_report):
     tmp, _, ids = full_report
     abl = pd.read_csv(tmp / "reports/tables/ablation.csv")
     assert list(abl["method"]) == ["grm", "grm_no_rp", "grm_no_sa"]
-    assert list(abl["model"]) == ["GRM (full)", "w/o RP", "w/o SA"]
+    assert list(abl["model"]) == ["GRM (full)", "w/o RP", "w/o SA/GA"]
     full = abl.set_index("method")["rsum_mean"]["grm"]
     for _, row in abl.iterrows():
         assert row["delta_rsum"] == pytest.approx(row["rsum_mean"] - full, abs=1e-3)
     # variants score 5 and 3 points lower per recall -> 30 and 18 rSum
     assert abl.set_index("method")["delta_rsum"].to_dict() == pytest.approx({"grm": 0, "grm_no_rp": -18, "grm_no_sa": -30})
     md = (tmp / "reports/tables/ablation.md").read_text()
-    assert "w/o SA" in md and "-30.0" in md and "vse_mean" not in md
+    assert "w/o SA/GA" in md and "-30.0" in md and "vse_mean" not in md
     prov = pd.read_csv(tmp / "reports/tables/ablation_provenance.csv")
     assert set(prov["method"]) == {"grm", "grm_no_rp", "grm_no_sa"} and len(prov) == 9
 
+
+
+def test_grid_ablation_variants_fill_the_ablation_table_not_the_main_one(tmp_path, mlflow_store):
+    """`grid.ablation` variants (a backbone subset, every seed) are read for the ablation table only."""
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm", "vse_mean"))
+    cfg["grid"]["ablation"] = {"backbones": ["lite0_roi"], "methods": ["grm_no_rp", "grm_no_sa"]}
+    for method in ("grm", "vse_mean", "grm_no_rp"):  # grm_no_sa never ran
+        for seed in SEEDS:
+            log_evaluate(cfg, method, seed)
+    write_report(cfg, quiet=True)
+    tables = tmp_path / "reports/tables"
+    assert sorted(pd.read_csv(tables / "main.csv")["method"]) == ["grm", "vse_mean"]
+    abl = pd.read_csv(tables / "ablation.csv")
+    assert list(abl["method"]) == ["grm", "grm_no_rp"] and (abl["seeds"] == 3).all()
+    assert "grid/lite0_roi/grm_no_sa/seed0" not in (tables / "main.md").read_text()
+    assert "synthetic/lite0_roi/grm_no_sa/seed0" in (tables / "main.md").read_text()  # named as missing
 
 def test_robustness_tables(full_report):
     tmp, _, ids = full_report
@@ -212,16 +228,48 @@ def test_degrades_without_robustness_variants_or_ci(tmp_path, mlflow_store, caps
     assert "rsum_ci_lo_mean" not in main and "rSum 95% CI" not in (tmp_path / "reports/tables/main.md").read_text()
 
 
-def test_region_word_heat_maps_from_artifacts(tmp_path, mlflow_store):
+def test_region_word_heat_maps_from_artifacts(tmp_path, mlflow_store, capsys):
+    """One heat map per entry of `maps` in an evaluate run's attention.json (fga.evaluate.attention), at most 4,
+    for the lowest seed of each GRM-arch method; an empty `maps` (no region attention) draws nothing."""
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm", "grm_no_sa", "vse_mean"))
+    one = {"words": ["a", "red", "circle"], "regions": ["prompt 0: cell 1", "prompt 1: cell 3"], "image_id": 7,
+           "attention": [[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]], "caption": "a red circle", "temperature": 0.1}
+    for method, seed, maps in (("grm", 0, [one] * 5), ("grm", 1, [one]), ("grm_no_sa", 0, [one, {"words": []}]),
+                               ("vse_mean", 0, [])):
+        run_dir = tmp_path / f"{method}{seed}"
+        run_dir.mkdir()
+        att = run_dir / "attention.json"
+        record = {"method": method, "arch": METHODS[method].get("arch", method), "maps": maps}
+        att.write_text(json.dumps(record if maps else {**record, "reason": "no region attention"}))
+        log_evaluate(cfg, method, seed, artifacts=[att])
+    write_report(cfg)
+    figures = tmp_path / "reports/figures"
+    drawn = sorted(p.name for p in figures.glob("attention_*.png"))
+    assert drawn == [f"attention_synthetic_lite0_roi_grm_{k}.png" for k in range(4)] + [
+        "attention_synthetic_lite0_roi_grm_no_sa_0.png"]  # grm: limit 4 of seed 0's 5 maps; a bad map is skipped
+    assert all((figures / name).stat().st_size > 3000 for name in drawn)
+    assert "attention.json map 1 is not a region-word map" in capsys.readouterr().out  # the bad map is noted
+    assert not list((tmp_path / "reports").glob(".*artifacts"))
+
+
+def test_older_single_map_artifacts_still_draw(tmp_path, mlflow_store):
     cfg = make_cfg(tmp_path, mlflow_store, methods=("grm",))
     att = tmp_path / "region_attention_0.json"
     att.write_text(json.dumps({"words": ["a", "red", "circle"], "regions": ["p0", "p1"],
                                "attention": [[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]], "caption": "a red circle"}))
     log_evaluate(cfg, "grm", 0, artifacts=[(att, "attention")])
-    log_evaluate(cfg, "grm", 1)
     write_report(cfg, quiet=True)
     assert (tmp_path / "reports/figures/attention_synthetic_lite0_roi_grm_0.png").stat().st_size > 3000
-    assert not list((tmp_path / "reports").glob(".*artifacts"))
+
+
+def test_no_maps_in_attention_json_keeps_the_skip_note(tmp_path, mlflow_store, capsys):
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm",))
+    att = tmp_path / "attention.json"
+    att.write_text(json.dumps({"method": "grm", "arch": "grm", "maps": [], "reason": "evaluate.attention_maps is 0"}))
+    log_evaluate(cfg, "grm", 0, artifacts=[att])
+    write_report(cfg)
+    assert "saved no region-word attention maps; heat maps skipped" in capsys.readouterr().out
+    assert not list((tmp_path / "reports/figures").glob("attention_*"))
 
 
 def test_no_evaluate_runs_is_one_clear_error(tmp_path, mlflow_store):

@@ -90,7 +90,7 @@ def test_bins_cluttered_and_curve(with_distractors, monkeypatch):
     lo = res["cluttered"]["lo"]
     assert res["cluttered"]["n_images"] == (cvec >= lo).sum() > 0
     assert res["overall"]["rsum"] == m["rsum"]
-    # the distractor curve: one entry per level; level 0 is the test set itself
+    # the distractor curve: level 0 (the test set itself, from the clutter bins' matrix), then one entry per level
     assert [r["n_extra"] for r in res["distractors"]] == LEVELS
     assert res["distractors"][0]["i2t"] == m["i2t"] and res["distractors"][0]["t2i"] == m["t2i"]
     flat = mlflow_metrics(res)
@@ -113,7 +113,9 @@ def test_saved_matrix_is_reused(with_distractors, monkeypatch):
     (out / "metrics.json").write_text(json.dumps(m))
     res = robustness({**cfg, "robustness": {**cfg["robustness"], "distractors": []}}, DS, BK, METHOD, SEED, ckpt,
                      quiet=True, results_dir=out)
-    assert res["matrix_reused"] and res["distractors"] == [] and res["overall"]["rsum"] == m["rsum"]
+    assert res["matrix_reused"] and res["overall"]["rsum"] == m["rsum"]
+    # with no re-rendered levels the curve is level 0 alone: the test set, from the same (reused) matrix
+    assert [r["n_extra"] for r in res["distractors"]] == [0] and res["distractors"][0]["rsum"] == m["rsum"]
     # a matrix of another checkpoint is not reused
     m["matrix"]["checkpoint"] = "0" * 16
     (out / "metrics.json").write_text(json.dumps(m))
@@ -123,13 +125,15 @@ def test_saved_matrix_is_reused(with_distractors, monkeypatch):
 
 
 def test_bin_specs_and_settings():
-    rc = settings({"robustness": {"distractors": [0, 2]}})
-    assert rc["bins"] == {"equal_count": 3} and rc["distractors"] == [0, 2]
+    rc = settings({"robustness": {"distractors": [2, 4]}})
+    assert rc["bins"] == {"equal_count": 3} and rc["distractors"] == [2, 4]
     assert bin_spec(rc, "coco") == [[1, 3], [4, 7], [8, 15], [16, None]]
     assert bin_spec(rc, "coco_precomp") == [[1, 3], [4, 7], [8, 15], [16, None]]
     assert bin_spec(rc, "synthetic") == {"equal_count": 3}
     with pytest.raises(UserError):
         settings({"robustness": {"distractors": [2, 2]}})
+    with pytest.raises(UserError, match="level 0, the test set, is always in the curve"):
+        settings({"robustness": {"distractors": [0, 2]}})
 
 
 def test_cli_robustness_logs_bins_and_levels(with_distractors, monkeypatch):

@@ -26,6 +26,7 @@ TINY = {
     "train.epochs": 2,
     "train.batch_size": 40,
     "features.batch_size": 16,
+    "grid.ablation": {"backbones": ["lite0_roi"], "methods": ["grm_no_rp"]},
 }
 
 
@@ -82,6 +83,14 @@ def test_snakemake_end_to_end(tmp_path):
                  "mlruns.db", "reports/tables/main.md", "reports/tables/main.tex"]:
         assert (project / path).exists(), path
     check_table_matches_metrics(project)
+    # the grid's ablation variant ran on every seed and fills the ablation table (not the main one)
+    ablation = pd.read_csv(project / "reports/tables/ablation.csv")
+    assert list(ablation["method"]) == ["grm", "grm_no_rp"] and (ablation["seeds"] == 2).all()
+    assert (project / "results/synthetic/lite0_roi/grm_no_rp/seed1/metrics.json").exists()
+    assert not (project / "results/synthetic/lite0_roi/grm_no_rp/seed1/robustness.json").exists()
+    # GRM's region-word maps: written by evaluate, drawn by the report
+    assert json.loads((project / "results/synthetic/lite0_roi/grm/seed0/attention.json").read_text())["maps"]
+    assert list((project / "reports/figures").glob("attention_synthetic_lite0_roi_grm_*.png"))
     again = run([str(BIN / "snakemake"), "--cores", "2"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
     # re-running a stage replaces its MLflow run instead of adding one
@@ -90,7 +99,7 @@ def test_snakemake_end_to_end(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
     runs = mlflow.search_runs(experiment_names=["fga-synthetic"], filter_string="tags.stage = 'evaluate'")
-    assert len(runs) == 4
+    assert len(runs) == 6  # 2 seeds x (2 methods + 1 ablation variant)
     check_table_matches_metrics(project)
 
 

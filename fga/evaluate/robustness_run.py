@@ -10,7 +10,8 @@ bins differ only in their queries.
 
 Distractor curve (synthetic only): the test images re-rendered with n extra, never-mentioned
 objects (fga.data.synthetic.add_distractors) for n in ``robustness.distractors`` (default
-0, 2, 4, 8). Each level is a dataset of its own, ``data/synthetic_distract<n>/``, with features
+2, 4, 8). Level 0 is the test set itself, scored by the same matrix as the clutter bins, and
+always starts the curve. Each other level is a dataset of its own, ``data/synthetic_distract<n>/``, with features
 ``features/synthetic_distract<n>/<backbone>/test.h5`` shared by every method and seed (the
 `distractors` action of `fga robustness`; Snakemake rules distractor_data / distractor_features).
 The same test captions are then scored against each level's images (full gallery).
@@ -45,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "bins": {"equal_count": 3},
     "bins_by_dataset": {"coco": COCO_BINS},
     "cluttered_quantile": 2.0 / 3.0,
-    "distractors": [0, 2, 4, 8],
+    "distractors": [2, 4, 8],
     "distractor_seed": 0,
 }
 SOURCE = "synthetic"
@@ -54,8 +55,9 @@ SOURCE = "synthetic"
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:
     rc = _merge(DEFAULTS, cfg.get("robustness", {}))
     levels = rc["distractors"]
-    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in levels) or len(set(levels)) != len(levels):
-        raise UserError(f"robustness.distractors must be distinct non-negative integers, got {levels!r}")
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in levels) or len(set(levels)) != len(levels):
+        raise UserError(f"robustness.distractors must be distinct positive integers (level 0, the test set, is always "
+                        f"in the curve), got {levels!r}")
     return rc
 
 
@@ -181,7 +183,8 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
 
     curve = []
     if dataset == SOURCE and split == "test":
-        for n in rc["distractors"]:
+        curve.append({"n_extra": 0, "n_images": n_img, **_metrics_row(evaluate_protocol(sim, "full", cpi))})
+        for n in sorted(rc["distractors"]):
             curve.append({"n_extra": int(n), **distractor_metrics(cfg, model, state, backbone, n, data.image_ids, txt,
                                                                    cpi, device, quiet)})
     protocol = "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full"

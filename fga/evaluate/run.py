@@ -11,7 +11,9 @@ it without re-scoring:
 * a hubness-corrected column: QB-Norm (DIS) with a query bank of TRAIN images and captions,
   a fixed seeded subset of `evaluate.qbnorm.bank_size` of each (never test queries);
 * per-query ranks (ranks.npz) for paired tests across methods (fga.evaluate.stats.paired_test);
-* optionally the matrix itself (`evaluate.save_matrix`: float16 | float32 -> sim_<split>.npy).
+* optionally the matrix itself (`evaluate.save_matrix`: float16 | float32 -> sim_<split>.npy);
+* attention.json: GRM's region-word alignment of the first `evaluate.attention_maps` images with their
+  first caption (fga.evaluate.attention); other methods write it with an empty `maps` and a `reason`.
 
 COCO 1K ranks are within-fold ranks (each image ranked in its own 1K fold); because the folds have
 equal sizes, recalls computed from the concatenated fold ranks equal the 5-fold means, so the
@@ -38,7 +40,7 @@ from fga.evaluate.similarity import matrix_path, plan_blocks, save_matrix, simil
 from fga.evaluate.stats import bootstrap_ci
 from fga.features.extract import feature_hash
 from fga.features.text import split_captions
-from fga.io import atomic_path, read_json
+from fga.io import atomic_path, read_json, write_json
 from fga.models.base import RetrievalModel
 
 TIES = "pessimistic"
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "block_images": None,
     "block_captions": None,
     "save_matrix": "none",
+    "attention_maps": 4,
     "bootstrap": {"n_resamples": 1000, "confidence": 0.95, "seed": 0},
     "qbnorm": {"enabled": True, "bank_size": {"images": 200, "captions": 1000}, "beta": 20.0, "k": 1,
                "mode": "dis", "seed": 0},
@@ -266,11 +269,14 @@ def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed
              quiet: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
     """Metrics of the checkpoint's best model (the metrics.json dict).
 
-    With `out_dir`, ranks.npz (and sim_<split>.npy when `evaluate.save_matrix` is set) are written
-    there, atomically.
+    With `out_dir`, ranks.npz, attention.json (and sim_<split>.npy when `evaluate.save_matrix` is set)
+    are written there, atomically.
     """
+    from fga.evaluate.attention import n_maps
+
     ec = settings(cfg)
     names = protocols(ec)
+    n_attention = n_maps(ec)
     torch.set_num_threads(cfg["train"].get("threads", 1))
     state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
     device = device_of(cfg)
@@ -325,11 +331,24 @@ def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed
         out_dir = Path(out_dir)
         ranks["i2t"], ranks["t2i"] = ranks[f"{primary}_i2t"], ranks[f"{primary}_t2i"]
         write_ranks(out_dir / "ranks.npz", ranks, data.image_ids, cpi, primary)
+        write_attention(out_dir / "attention.json", cfg, dataset, backbone, method, model, data, n_attention,
+                        ec["split"])
         saved = save_matrix(matrix_path(out_dir, ec["split"]), sim, ec["save_matrix"])
         if saved is not None:
             metrics["matrix"] = {"file": saved.name, "dtype": ec["save_matrix"], "shape": list(sim.shape),
                                  "checkpoint": file_sha16(Path(checkpoint))}
     return metrics
+
+
+def write_attention(path: Path, cfg: dict[str, Any], dataset: str, backbone: str, method: str,
+                    model: RetrievalModel, data: SplitInputs, n: int, split: str) -> dict[str, Any]:
+    """attention.json of a run (fga.evaluate.attention.attention_record), written atomically; returns it."""
+    from fga.evaluate.attention import attention_record
+
+    store = None if is_finetune(cfg) else paths(dataset, backbone)["features"] / f"{split}.h5"
+    record = attention_record(cfg, dataset, method, model, data, n, split, store)
+    write_json(path, record)
+    return record
 
 
 def file_sha16(path: Path) -> str:

@@ -4,6 +4,8 @@ rule prepare_data:
         dataset="data/{dataset}/dataset.json",
         instances="data/{dataset}/instances.json",
     params:
+        fga=FGA,
+        common=COMMON,
         data=lambda w: config["data"].get(w.dataset, {}),
     log:
         "logs/data/{dataset}.log",
@@ -16,4 +18,4 @@ rule prepare_data:
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} data prepare --dataset {wildcards.dataset} {COMMON} > {log} 2>&1"
+        "{params.fga} data prepare --dataset {wildcards.dataset} {params.common} > {log} 2>&1"

@@ -1,26 +1,9 @@
-EVAL = config["evaluate"]
-ROBUST = config.get("robustness", {})
-SAVE_MATRIX = EVAL.get("save_matrix", "none") != "none"
-QBNORM = EVAL.get("qbnorm", {}).get("enabled", True)
-EVAL_SPLIT = EVAL.get("split", "test")
-DISTRACTORS = ROBUST.get("distractors", [0, 2, 4, 8])
-RUN = "{dataset}/{backbone}/{method}/seed{seed}"
-# evaluation memory: the similarity block budget plus the encodings and the result matrix
-EVAL_MEM_MB = int(EVAL.get("memory_budget_mb", 4096)) + 4000
-
 # data/synthetic_distract<n>/ and its features are made by the distractor rules, never by prepare_data/extract_features
 ruleorder: distractor_data > prepare_data
 ruleorder: distractor_features > extract_features
 
 wildcard_constraints:
     n=r"\d+",
-
-
-def distractor_features_of(w):
-    """The distractor levels' test features a robustness run scores (synthetic test split only)."""
-    if w.dataset != "synthetic" or EVAL_SPLIT != "test":
-        return []
-    return expand("features/synthetic_distract{n}/{backbone}/test.h5", n=DISTRACTORS, backbone=w.backbone)
 
 
 rule evaluate:
@@ -33,8 +16,11 @@ rule evaluate:
     output:
         metrics=f"results/{RUN}/metrics.json",
         ranks=f"results/{RUN}/ranks.npz",
+        attention=f"results/{RUN}/attention.json",
         **({"matrix": f"results/{RUN}/sim_{EVAL_SPLIT}.npy"} if SAVE_MATRIX else {}),
     params:
+        fga=FGA,
+        common=COMMON,
         evaluate=EVAL,
     log:
         f"logs/evaluate/{RUN}.log",
@@ -44,12 +30,12 @@ rule evaluate:
     resources:
         mem_mb=EVAL_MEM_MB,
         runtime=60,
-        gpu=1 if config["train"].get("device") == "cuda" else 0,
+        gpu=GPU,
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} evaluate --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {COMMON} > {log} 2>&1"
+        "{params.fga} evaluate --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
+        "--seed {wildcards.seed} {params.common} > {log} 2>&1"
 
 
 rule distractor_data:
@@ -61,6 +47,8 @@ rule distractor_data:
         dataset="data/synthetic_distract{n}/dataset.json",
         instances="data/synthetic_distract{n}/instances.json",
     params:
+        fga=FGA,
+        common=COMMON,
         data=config["data"].get("synthetic", {}),
         seed=ROBUST.get("distractor_seed", 0),
     log:
@@ -74,7 +62,7 @@ rule distractor_data:
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} robustness distractors --n {wildcards.n} {COMMON} > {log} 2>&1"
+        "{params.fga} robustness distractors --n {wildcards.n} {params.common} > {log} 2>&1"
 
 
 rule distractor_features:
@@ -85,6 +73,8 @@ rule distractor_features:
     output:
         "features/synthetic_distract{n}/{backbone}/test.h5",
     params:
+        fga=FGA,
+        common=COMMON,
         backbone=lambda w: config["features"]["backbones"][w.backbone],
     log:
         "logs/features/synthetic_distract{n}/{backbone}.log",
@@ -97,8 +87,8 @@ rule distractor_features:
     conda:
         "../envs/fga.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {FGA} robustness distractors --n {wildcards.n} --backbone {wildcards.backbone} "
-        "{COMMON} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.fga} robustness distractors --n {wildcards.n} --backbone {wildcards.backbone} "
+        "{params.common} > {log} 2>&1"
 
 
 rule robustness:
@@ -115,6 +105,8 @@ rule robustness:
     output:
         f"results/{RUN}/robustness.json",
     params:
+        fga=FGA,
+        common=COMMON,
         robustness=ROBUST,
         evaluate=EVAL,
     log:
@@ -125,9 +117,9 @@ rule robustness:
     resources:
         mem_mb=EVAL_MEM_MB,
         runtime=60,
-        gpu=1 if config["train"].get("device") == "cuda" else 0,
+        gpu=GPU,
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} robustness --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {COMMON} > {log} 2>&1"
+        "{params.fga} robustness --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
+        "--seed {wildcards.seed} {params.common} > {log} 2>&1"

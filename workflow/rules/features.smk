@@ -5,6 +5,8 @@ rule vocabulary:
     output:
         "features/{dataset}/vocab.json",
     params:
+        fga=FGA,
+        common=COMMON,
         text=config["features"]["text"],
     log:
         "logs/features/{dataset}/vocab.log",
@@ -17,7 +19,7 @@ rule vocabulary:
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} features text --dataset {wildcards.dataset} {COMMON} > {log} 2>&1"
+        "{params.fga} features text --dataset {wildcards.dataset} {params.common} > {log} 2>&1"
 
 
 rule extract_features:
@@ -28,6 +30,8 @@ rule extract_features:
     output:
         expand("features/{{dataset}}/{{backbone}}/{split}.h5", split=SPLITS),
     params:
+        fga=FGA,
+        common=COMMON,
         backbone=lambda w: config["features"]["backbones"].get(w.backbone)
         or config["features"].get("precomp", {}).get(w.backbone),
         data=lambda w: config["data"].get(w.dataset, {}),
@@ -42,5 +46,5 @@ rule extract_features:
     conda:
         "../envs/fga.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {FGA} features extract --dataset {wildcards.dataset} "
-        "--backbone {wildcards.backbone} {COMMON} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.fga} features extract --dataset {wildcards.dataset} "
+        "--backbone {wildcards.backbone} {params.common} > {log} 2>&1"

@@ -1,20 +1,10 @@
-# The report reads MLflow, not these files: its inputs are the outputs of the jobs that logged the runs it reads
-# (evaluate, and robustness where that rule exists), so it runs after all of them and again when any reran.
-REPORT_RUN_OUTPUTS = [rules.evaluate.output.metrics] + (
-    [rules.robustness.output[0]] if rules.has("robustness") else []
-)
-
-
 rule report:
     """MLflow runs -> paper-style tables (md, tex, csv + provenance) and seaborn figures; logged as a report run."""
     input:
-        expand(
-            REPORT_RUN_OUTPUTS,
-            dataset=GRID["datasets"],
-            backbone=GRID["backbones"],
-            method=GRID["methods"],
-            seed=GRID["seeds"],
-        ),
+        # the report reads MLflow, not these files: they are the outputs of the jobs that logged the runs it
+        # reads, so it runs after all of them and again when any of them reran
+        metrics=grid_runs(f"results/{RUN}/metrics.json"),
+        robustness=main_runs(f"results/{RUN}/robustness.json"),
     output:
         tables=directory(config["report"]["tables_dir"]),
         figures=directory(config["report"]["figures_dir"]),

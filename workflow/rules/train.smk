@@ -7,6 +7,8 @@ rule train:
     output:
         "runs/{dataset}/{backbone}/{method}/seed{seed}/checkpoint.pt",
     params:
+        fga=FGA,
+        common=COMMON,
         train=config["train"],
         method=lambda w: config["methods"].get(w.method, {}),
     log:
@@ -17,9 +19,9 @@ rule train:
     resources:
         mem_mb=6000,
         runtime=240,
-        gpu=1 if config["train"].get("device") == "cuda" else 0,
+        gpu=GPU,
     conda:
         "../envs/fga.yaml"
     shell:
-        "{FGA} train --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {COMMON} > {log} 2>&1"
+        "{params.fga} train --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
+        "--seed {wildcards.seed} {params.common} > {log} 2>&1"
