@@ -24,6 +24,8 @@ rule vocabulary:
 
 rule extract_features:
     """Frozen backbone -> region features of every split in the HDF5 store."""
+    # first: every training job waits for it (the distractor sets are needed only by the last stage)
+    priority: 2
     input:
         dataset="data/{dataset}/dataset.json",
         instances="data/{dataset}/instances.json",

@@ -1,5 +1,6 @@
 rule train:
     """One run: frozen features in, best-val-rSum checkpoint out (GPU when the cluster gives one)."""
+    priority: 1
     input:
         train="features/{dataset}/{backbone}/train.h5",
         val="features/{dataset}/{backbone}/val.h5",
