@@ -86,13 +86,15 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
     return frame.sort_values(KEYS + ["seed"]).reset_index(drop=True)
 
 
-def grid_cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
-    """(dataset, backbone, method, seed) of every run the grid asks for: the main grid, then the ablation variants."""
+def grid_cells(cfg: dict[str, Any], ablation: bool = True) -> list[tuple[str, str, str, int]]:
+    """(dataset, backbone, method, seed) of every run the grid asks for: the main grid, then (ablation=True)
+    the ablation variants."""
     grid = cfg["grid"]
-    ablation = grid.get("ablation") or {"backbones": [], "methods": []}
     cells = [(d, b, m, int(s)) for d in grid["datasets"] for b in grid["backbones"] for m in grid["methods"]
              for s in grid["seeds"]]
-    cells += [(d, b, m, int(s)) for d in grid["datasets"] for b in ablation["backbones"] for m in ablation["methods"]
+    no_variants = {"backbones": [], "methods": []}
+    variants = (grid.get("ablation") or no_variants) if ablation else no_variants
+    cells += [(d, b, m, int(s)) for d in grid["datasets"] for b in variants["backbones"] for m in variants["methods"]
               for s in grid["seeds"] if (d, b, m, int(s)) not in cells]
     return cells
 
@@ -107,11 +109,7 @@ def in_grid(cfg: dict[str, Any], runs: pd.DataFrame, ablation: bool = True) -> p
     ablation=False: the main grid only (datasets x backbones x methods x seeds, no ablation variants)."""
     if runs.empty:
         return runs
-    cells = set(grid_cells(cfg))
-    if not ablation:
-        grid = cfg["grid"]
-        cells = {c for c in cells if c[1] in grid["backbones"] and c[2] in grid["methods"]}
-    return runs[_cells_of(runs).isin(cells)].reset_index(drop=True)
+    return runs[_cells_of(runs).isin(set(grid_cells(cfg, ablation)))].reset_index(drop=True)
 
 
 def missing_runs(cfg: dict[str, Any], runs: pd.DataFrame) -> list[str]:

@@ -130,7 +130,7 @@ def decode_words(ids: list[int], id_to_word: dict[int, str], caption: str | None
 
 def _box_categories(instances: Path, image_ids: list[int], n_boxes: list[int]) -> dict[int, list[str]]:
     """image id -> category name of each store box (non-crowd instances by decreasing area, as extracted)."""
-    from fga.features.visual import load_instances
+    from fga.features.visual import load_instances, region_annotations
 
     try:
         coco = load_instances(instances)
@@ -140,8 +140,7 @@ def _box_categories(instances: Path, image_ids: list[int], n_boxes: list[int]) -
         return {}
     out: dict[int, list[str]] = {}
     for image_id, n in zip(image_ids, n_boxes):
-        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
-        anns = sorted(anns, key=lambda a: -a["area"])
+        anns = region_annotations(coco, image_id)
         if not anns and n == 1:
             out[image_id] = ["whole image"]
         elif len(anns) >= n:

@@ -351,6 +351,12 @@ class RegionExtractor(torch.nn.Module):
 READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def region_annotations(coco: Any, image_id: int, max_boxes: int | None = None) -> list[dict[str, Any]]:
+    """The instances that become an image's ROI regions, in store order: non-crowd, by decreasing area."""
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
+    return sorted(anns, key=lambda a: -a["area"])[:max_boxes]
+
+
 class ImageBoxes(torch.utils.data.Dataset):
     """Images of one split with their instance boxes (normalised), read lazily for a DataLoader.
 
@@ -372,12 +378,9 @@ class ImageBoxes(torch.utils.data.Dataset):
         return len(self.images)
 
     def boxes(self, im: dict[str, Any]) -> np.ndarray:
-        anns = []
-        if self.coco is not None:
-            anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[im["id"]])) if not a.get("iscrowd", 0)]
+        anns = region_annotations(self.coco, im["id"], self.max_boxes) if self.coco is not None else []
         if not anns:  # an image without annotations is one region: the whole image
             return np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
-        anns = sorted(anns, key=lambda a: -a["area"])[: self.max_boxes]
         b = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         b[:, 2:] += b[:, :2]
         return b / np.array([im["width"], im["height"], im["width"], im["height"]], np.float32)

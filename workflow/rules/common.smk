@@ -40,19 +40,18 @@ GPU = 1 if config["train"].get("device") == "cuda" else 0
 ABLATION = GRID.get("ablation") or {"backbones": [], "methods": []}
 
 
-def grid_runs(pattern):
-    """`pattern` for every run of the grid: each dataset x backbone x method x seed, then the ablation variants."""
-    main = expand(pattern, dataset=GRID["datasets"], backbone=GRID["backbones"], method=GRID["methods"],
+def main_runs(pattern):
+    """`pattern` for each dataset x backbone x method x seed of the grid (the runs the robustness stage scores)."""
+    return expand(pattern, dataset=GRID["datasets"], backbone=GRID["backbones"], method=GRID["methods"],
                   seed=GRID["seeds"])
+
+
+def grid_runs(pattern):
+    """`pattern` for every run of the grid: the main runs, then the ablation variants' (every seed)."""
+    main = main_runs(pattern)
     variants = expand(pattern, dataset=GRID["datasets"], backbone=ABLATION["backbones"],
                       method=ABLATION["methods"], seed=GRID["seeds"])
     return main + [p for p in variants if p not in main]
-
-
-def main_runs(pattern):
-    """`pattern` for the runs the robustness stage scores (not the ablation variants)."""
-    return expand(pattern, dataset=GRID["datasets"], backbone=GRID["backbones"], method=GRID["methods"],
-                  seed=GRID["seeds"])
 
 
 def distractor_features_of(w):
