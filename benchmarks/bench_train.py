@@ -1,11 +1,12 @@
-"""Training throughput per method on the CPU, through the real step of fga.train (1 thread).
+"""Training throughput per method, through the real step of fga.train (CPU with 1 thread, or CUDA).
 
 Inputs have the embedded default's shapes: 49 grid tokens of 432-d features (lite0_grid), captions
 of about 12 words, batch 128, hardest-negative loss (epoch >= warm-up). Embedding sizes come from
 params.yaml's `methods.<name>` sections where present, else embed_dim 256. Prints samples/s per
-method and the ratio to vse_mean measured in the same run.
+method and the ratio to vse_mean measured in the same run. `--device cuda` runs the same steps on
+the GPU under bf16 autocast (train.amp's default there).
 
-    python benchmarks/bench_train.py [--methods vse_mean grm] [--seconds 6] [--rounds 3] [--batch 128]
+    python benchmarks/bench_train.py [--methods vse_mean grm] [--seconds 6] [--rounds 3] [--batch 128] [--device cuda]
 """
 from __future__ import annotations
 
@@ -34,18 +35,20 @@ def method_cfg(name: str) -> dict:
 class Bench:
     """One method's model, optimizer and random inputs; `run(seconds)` times real training steps."""
 
-    def __init__(self, method: str, batch: int, n_images: int = 512):
+    def __init__(self, method: str, batch: int, device: torch.device, n_images: int = 512):
         torch.manual_seed(0)
-        self.method, self.batch = method, batch
+        self.method, self.batch, self.device = method, batch, device
         self.gen = torch.Generator().manual_seed(0)
         regions = torch.randn(n_images, R, D, generator=self.gen).half()
         mask = torch.ones(n_images, R, dtype=torch.bool)
         self.embed_dim = method_cfg(method)["embed_dim"]
         model = build_model(method, method_cfg(method), img_dim=D, vocab_size=VOCAB)
-        self.step = TrainStep(model, StoreRegions(regions, mask)).train()
+        self.step = TrainStep(model, StoreRegions(regions, mask)).to(device).train()
         self.params = list(model.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=2e-4, weight_decay=1e-4)
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+                         else contextlib.nullcontext)
         self.n_images = n_images
         self.one()  # warm-up (allocations, lazy init)
 
@@ -55,13 +58,14 @@ class Bench:
         tokens = torch.randint(2, VOCAB, (self.batch, int(lengths.max())), generator=self.gen)
         tokens *= torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
         positives = img_idx[:, None] == img_idx[None, :]
-        optimizer_step(self.step, self.opt, self.scaler, self.params, 2.0, contextlib.nullcontext,
-                       self.step.source.load(img_idx, None), tokens, lengths, positives, epoch=1)
+        optimizer_step(self.step, self.opt, self.scaler, self.params, 2.0, self.autocast,
+                       self.step.source.load(img_idx, None), tokens.to(self.device), lengths.to(self.device),
+                       positives.to(self.device), epoch=1)
 
     def run(self, seconds: float) -> tuple[int, float]:
         n, t0 = 0, time.perf_counter()
         while n < 1 or time.perf_counter() - t0 < seconds:
-            self.one()
+            self.one()  # optimizer_step reads the loss back, so every step ends synchronised
             n += 1
         return n, time.perf_counter() - t0
 
@@ -72,10 +76,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per method, over all rounds")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    device = torch.device(args.device)
     methods = args.methods if "vse_mean" in args.methods else ["vse_mean", *args.methods]
-    benches = [Bench(m, args.batch) for m in methods]
+    benches = [Bench(m, args.batch, device) for m in methods]
     # rounds interleave the methods, and the best round counts: other load on a shared CPU slows
     # some rounds, never speeds one up
     best: dict[str, float] = {}
@@ -86,7 +92,8 @@ def main() -> None:
             best[b.method] = max(best.get(b.method, 0.0), n * args.batch / dt)
             steps[b.method] = steps.get(b.method, 0) + n
     base = best["vse_mean"]
-    print(f"training throughput, CPU, 1 thread, batch {args.batch}, R={R} regions x D={D}, ~12 words, "
+    where = f"CUDA ({torch.cuda.get_device_name(device)}), bf16 autocast" if device.type == "cuda" else "CPU, 1 thread"
+    print(f"training throughput, {where}, batch {args.batch}, R={R} regions x D={D}, ~12 words, "
           f"best of {args.rounds} interleaved rounds (torch {torch.__version__})")
     print(f"{'method':<10} {'embed':>5} {'params(M)':>9} {'steps':>5} {'s/step':>8} {'samples/s':>10} {'vs vse_mean':>11}")
     for b in benches:

@@ -30,10 +30,13 @@ The best-val-rSum weights end up in `checkpoint.pt` (with the region source's we
 `region_source` in finetune mode; empty otherwise).
 
 Determinism and tolerance. On the CPU the same params and seed give identical metrics (tests
-check bit equality of two runs). On CUDA cuDNN is put in deterministic mode, but scatter-add
-kernels (embedding backward, index_put) and bf16 autocast are not bitwise reproducible: expect
-two GPU runs, and a GPU run against a CPU run, to agree within about +-0.5 R@K (about +-2 rSum)
-on the embedded default; fp16 + GradScaler (`train.amp_dtype: fp16`) is in the same range.
+check bit equality of two runs). On CUDA cuDNN is put in deterministic mode; measured on an H200
+(benchmarks/bench_device.py, embedded default, lite0_roi, seed 0) two bf16 runs gave identical
+metrics, and GPU runs (fp32, bf16, fp16) differed from the CPU run by 0.2-1.4 test rSum for GRM and
+VSE-infinity and by 1-9 rSum for SCAN (inside SCAN's seed-to-seed spread). fp16 uses a GradScaler
+starting at `train.fp16_init_scale` (8): the losses are sums over the batch, so at PyTorch's
+default 2**16 the first 6-15 steps overflow and are skipped (each skip is counted in the epoch's
+`skipped_steps`), which cost 13-21 rSum.
 
 DDP (torchrun). With WORLD_SIZE > 1 the process group is initialised from the environment (gloo
 on the CPU, nccl on CUDA) and the step module (model + region source) is wrapped in
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import random
 import time
@@ -479,7 +483,10 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=tc["lr"], weight_decay=tc["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tc.get("lr_milestones", []), gamma=tc["lr_gamma"])
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    # the losses are sums over the batch, so their gradients overflow fp16 at GradScaler's default scale
+    # (2**16): every overflow skips a step while the scale halves; start where it would settle
+    scaler = torch.amp.GradScaler(device.type, init_scale=float(tc.get("fp16_init_scale", 8.0)),
+                                  enabled=use_amp and amp_dtype == torch.float16)
 
     start_epoch, best, history = 0, {"rsum": -1.0, "epoch": -1}, []
     best_state: dict[str, torch.Tensor] | None = None
@@ -547,7 +554,7 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
                 aug = torch.randint(0, 2 ** 62, (bs,), generator=step_generator(seed, epoch, step_no, "augment"))[mine]
             plans.append({"step": step_no, "cap_idx": cap_idx, "img_idx": (cap_idx // caps)[mine], "aug": aug})
         sums: dict[str, float] = {}
-        norm_sum = 0.0
+        norm_sum, skipped = 0.0, 0
         t0 = time.time()
         bar = tqdm(total=len(plans), desc=f"{method} epoch {epoch}", unit="batch", disable=quiet)
         for plan, batch in zip(plans, _loads(source, plans, workers)):
@@ -564,7 +571,10 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
                 lengths[mine].to(device), positives.to(device), epoch)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            norm_sum += grad_norm
+            if math.isfinite(grad_norm):
+                norm_sum += grad_norm
+            else:
+                skipped += 1  # fp16 overflow: GradScaler skipped this step and lowered its scale
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
@@ -575,7 +585,9 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
         if ctx.main:
             val = validation_rsum(model, inputs.val(device), device, cfg)
             row = {"epoch": epoch, "val_rsum": val["rsum"], "seconds": time.time() - t0,
-                   "samples_per_s": n_batches * bs / max(seconds, 1e-9), "grad_norm": norm_sum / n_batches,
+                   "samples_per_s": n_batches * bs / max(seconds, 1e-9),
+                   "grad_norm": norm_sum / max(1, n_batches - skipped),
+                   **({"skipped_steps": skipped} if scaler.is_enabled() else {}),
                    **{f"loss_{k}": v / n_batches for k, v in sums.items()}}
             print(f"epoch {epoch}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "epoch"), flush=True)
         rngs = ctx.all_gather_object(capture_rng())  # after validation: what the next epoch starts from
