@@ -65,7 +65,7 @@ def run_phase(mode: str, backbone: str, data_dir: Path, out_dir: Path, batch_siz
     from fga.config import load_params
     from fga.data import split_images
     from fga.features.store import StoreWriter
-    from fga.features.visual import ImageBoxes, RegionExtractor, load_instances
+    from fga.features.visual import ImageBoxes, RegionExtractor, box_source
     from fga.io import read_json
 
     cfg = load_params(ROOT / "params.yaml", [f"features.batch_size={batch_size}"])
@@ -86,7 +86,7 @@ def run_phase(mode: str, backbone: str, data_dir: Path, out_dir: Path, batch_siz
         spec = cfg["features"]["backbones"][backbone]
         torch.manual_seed(0)
         ext = TimedExtractor(spec, name=backbone)
-        coco = load_instances(data_dir / "instances.json") if spec["regions"] == "boxes" else None
+        coco = box_source(spec, data_dir)[0] if spec["regions"] == "boxes" else None  # instances or boxes_file
         reader = ImageBoxes(data_dir, images, coco, ext.transform(), max_boxes=ext.n_regions)
         attrs = {"backbone": backbone, "params_hash": "bench", "data_hash": "bench"}
         writer = StoreWriter(out_dir / "train.h5", len(images), ext.n_regions, ext.feature_dim, attrs)

@@ -7,18 +7,24 @@ method and the ratio to vse_mean measured in the same run. `--device cuda` runs 
 the GPU under bf16 autocast (train.amp's default there).
 
     python benchmarks/bench_train.py [--methods vse_mean grm] [--seconds 6] [--rounds 3] [--batch 128] [--device cuda]
+
+`--quality` instead prints the quality side: test rSum mean +- std over seeds per backbone x method,
+read from the metrics.json files of a finished grid run (`make run`: same features, same epoch
+budget for every method), and GRM's margin over each baseline.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from fga.models.registry import build_model
+from fga.models.registry import build_model, method_section
 from fga.train import StoreRegions, TrainStep, optimizer_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +32,7 @@ R, D, VOCAB = 49, 432, 64
 
 
 def method_cfg(name: str) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg = dict((params.get("methods") or {}).get(name) or {})
+    cfg = method_section(yaml.safe_load((ROOT / "params.yaml").read_text()), name, backbone="lite0_grid")
     cfg.setdefault("embed_dim", 256)
     return cfg
 
@@ -70,6 +75,23 @@ class Bench:
         return n, time.perf_counter() - t0
 
 
+def quality_table(results: Path, dataset: str) -> None:
+    """Test rSum mean +- std over seeds per (backbone, method) from results/<dataset>/.../metrics.json."""
+    runs: dict[tuple[str, str], list[float]] = {}
+    for path in sorted(results.glob(f"{dataset}/*/*/seed*/metrics.json")):
+        backbone, method = path.parts[-4], path.parts[-3]
+        runs.setdefault((backbone, method), []).append(float(json.loads(path.read_text())["rsum"]))
+    if not runs:
+        raise SystemExit(f"bench_train: no {results}/{dataset}/*/*/seed*/metrics.json; run the grid first (make run)")
+    print(f"test rSum on {dataset} (mean +- sample std over seeds), from {results}")
+    print(f"{'backbone':<12} {'method':<12} {'seeds':>5} {'rSum':>15} {'GRM - method':>12}")
+    for (backbone, method), values in sorted(runs.items()):
+        grm = runs.get((backbone, "grm"))
+        margin = f"{statistics.mean(grm) - statistics.mean(values):+.1f}" if grm and method != "grm" else ""
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{backbone:<12} {method:<12} {len(values):>5} {statistics.mean(values):>8.1f} +- {std:<4.1f} {margin:>12}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["vse_mean", "vse_inf", "scan", "grm"])
@@ -77,7 +99,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per method, over all rounds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--quality", action="store_true", help="print the grid's rSum table instead of timing")
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--dataset", default="synthetic")
     args = ap.parse_args()
+    if args.quality:
+        quality_table(args.results, args.dataset)
+        return
     torch.set_num_threads(1)
     device = torch.device(args.device)
     methods = args.methods if "vse_mean" in args.methods else ["vse_mean", *args.methods]

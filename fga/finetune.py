@@ -98,11 +98,14 @@ class FinetuneBackbone(nn.Module):
 
 
 class ImageSplit:
-    """One split's images (+ instance boxes, normalised x1y1x2y2), loaded and transformed on the CPU."""
+    """One split's images (+ region boxes, normalised x1y1x2y2), loaded and transformed on the CPU.
+
+    `box_spec`: the backbone's params section when it pools boxes (instances.json or its `boxes_file`), else None.
+    """
 
     def __init__(self, data_dir: Path, images: list[dict[str, Any]], data_config: dict[str, Any], *,
-                 with_boxes: bool, max_boxes: int, crop_scale: tuple[float, float] = (0.6, 1.0)):
-        from fga.features.visual import ImageBoxes, load_instances
+                 box_spec: dict[str, Any] | None, max_boxes: int, crop_scale: tuple[float, float] = (0.6, 1.0)):
+        from fga.features.visual import ImageBoxes, box_source
 
         self.data_dir = Path(data_dir)
         self.images = images
@@ -110,8 +113,8 @@ class ImageSplit:
         self.mean, self.std = list(data_config["mean"]), list(data_config["std"])
         self.crop_scale = tuple(float(s) for s in crop_scale)
         self.boxes: list[torch.Tensor] | None = None
-        if with_boxes:
-            reader = ImageBoxes(self.data_dir, images, load_instances(self.data_dir / "instances.json"), None, max_boxes)
+        if box_spec is not None:
+            reader = ImageBoxes(self.data_dir, images, box_source(box_spec, self.data_dir)[0], None, max_boxes)
             self.boxes = [torch.from_numpy(reader.boxes(im)) for im in images]
 
     def __len__(self) -> int:
@@ -220,7 +223,8 @@ def finetune_sources(cfg: dict[str, Any], dataset: str, backbone: str,
     net = FinetuneBackbone(spec, name=backbone)
     crop = tuple(cfg["train"].get("crop_scale", (0.6, 1.0)))
     sources = {split: BackboneRegions(net, ImageSplit(data_dir, split_images(ds, split), net.data_config,
-                                                      with_boxes=net.regions == "boxes", max_boxes=net.n_regions,
+                                                      box_spec=spec if net.regions == "boxes" else None,
+                                                      max_boxes=net.n_regions,
                                                       crop_scale=crop))
                for split in splits}
     return net, sources

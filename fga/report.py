@@ -8,7 +8,8 @@ naming the run behind every value. The paper's own GRM numbers sit in a table of
 not exist yet (no robustness stage, no ablation variants, ...) is skipped with a printed note.
 
 Tables (``report.tables_dir``): main, ablation (when ablation variants ran), robustness_clutter,
-robustness_distractors, qbnorm, paper_reference. Figures (``report.figures_dir``, PNG and PDF):
+robustness_distractors, qbnorm, significance (GRM vs each baseline, paired per seed, from the evaluate runs'
+ranks.npz artifacts), paper_reference. Figures (``report.figures_dir``, PNG and PDF):
 clutter_recall, distractor_recall, seed_spread, attention_<...> (GRM region-word maps, when the
 evaluate runs saved them). Tables and figures are logged as artifacts of one ``report`` run per
 dataset experiment.
@@ -23,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from fga.errors import UserError
@@ -201,7 +203,9 @@ def main_table(runs: pd.DataFrame, out: Path, missing: list[str] | None = None,
 
 def _variants(cfg: dict[str, Any]) -> dict[str, str]:
     """Ablation variants: method -> the arch it is a variant of (methods sections with an `arch:` key)."""
-    return {m: str(s["arch"]) for m, s in (cfg.get("methods") or {}).items() if isinstance(s, dict) and "arch" in s}
+    from fga.models.registry import declared_arch
+
+    return {m: arch for m in (cfg.get("methods") or {}) if (arch := declared_arch(cfg, m))}
 
 
 def _variant_label(cfg: dict[str, Any], method: str, arch: str) -> str:
@@ -277,6 +281,96 @@ def qbnorm_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
     return True
 
 
+def _run_ranks(cfg: dict[str, Any], run_id: str, tmp: Path) -> tuple[Any, Any, int, Any] | None:
+    """(i2t, t2i, caps_per_image, image_ids) of an evaluate run's ranks.npz artifact (its primary protocol),
+    None when the run logged none."""
+    from fga.evaluate.run import read_ranks
+    from fga.tracking import download_artifact, list_artifacts
+
+    if "ranks.npz" not in list_artifacts(cfg, run_id):
+        return None
+    path = download_artifact(cfg, run_id, "ranks.npz", tmp / run_id)
+    i2t, t2i, cpi = read_ranks(path)
+    with np.load(path) as z:
+        ids = z["image_ids"]
+    return i2t, t2i, cpi, ids
+
+
+def significance_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: bool, method: str = "grm") -> bool:
+    """Paired test "`method` > baseline" in rSum on the same test queries, per seed, for every other main-grid
+    method; its ranks come from each evaluate run's ranks.npz artifact (fga.evaluate.stats.paired_test)."""
+    import tempfile
+
+    from fga.evaluate.stats import bootstrap_options, paired_test
+
+    baselines = sorted(set(runs["method"]) - {method})
+    if method not in set(runs["method"]) or not baselines:
+        say(f"report: the significance table needs {method} and a baseline among the evaluate runs; skipped", quiet)
+        return False
+    opts = bootstrap_options(cfg)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache: dict[str, Any] = {}
+
+        def ranks(run_id: str) -> Any:
+            if run_id not in cache:
+                cache[run_id] = _run_ranks(cfg, run_id, Path(tmp))
+            return cache[run_id]
+
+        for (dataset, protocol, backbone), cell in runs.groupby(["dataset", "protocol", "backbone"], sort=True):
+            ours = cell[cell["method"] == method].set_index("seed")["run_id"]
+            for baseline in baselines:
+                theirs = cell[cell["method"] == baseline].set_index("seed")["run_id"]
+                for seed in sorted(set(ours.index) & set(theirs.index)):
+                    a, b = ranks(ours[seed]), ranks(theirs[seed])
+                    where = f"{dataset}/{backbone}/{{}}/seed{seed}"
+                    if a is None or b is None:
+                        say(f"report: no ranks.npz artifact in the evaluate run of "
+                            f"{where.format(method if a is None else baseline)}; its significance row skipped", quiet)
+                        continue
+                    if a[2] != b[2] or not np.array_equal(a[3], b[3]):
+                        say(f"report: {where.format(method)} and {where.format(baseline)} ranked different test "
+                            "queries; their significance row skipped", quiet)
+                        continue
+                    test = paired_test(a[:2], b[:2], a[2], **opts)
+                    rows.append({"dataset": dataset, "protocol": protocol, "backbone": backbone, "baseline": baseline,
+                                 "seed": str(seed), "delta_rsum": test["delta_rsum"], "ci_lo": test["ci"][0],
+                                 "ci_hi": test["ci"][1], "p_value": test["p_value"], "n_images": len(a[3]),
+                                 "n_resamples": test["n_resamples"], "run_id": ours[seed],
+                                 "baseline_run_id": theirs[seed]})
+    if not rows:
+        say(f"report: no {method}/baseline pair of runs with ranks.npz on the same seed; significance table skipped",
+            quiet)
+        return False
+    per_seed = pd.DataFrame(rows)
+    # over seeds: the mean Δ and the LARGEST per-seed p (intersection-union: "better at every seed" at level α
+    # iff every seed's test rejects at α); no CI: the seeds share their test images, so their intervals do not pool
+    combined = (per_seed.groupby(["dataset", "protocol", "backbone", "baseline"], sort=True)
+                .agg(delta_rsum=("delta_rsum", "mean"), p_value=("p_value", "max"), n_seeds=("seed", "size"),
+                     n_images=("n_images", "first"), n_resamples=("n_resamples", "first")).reset_index())
+    combined = combined[combined["n_seeds"] > 1].drop(columns="n_seeds").assign(seed="all")
+    keys = ["dataset", "protocol", "backbone", "baseline"]
+    data = pd.concat([per_seed, combined], ignore_index=True)
+    data["_order"] = [math.inf if s == "all" else int(s) for s in data["seed"]]  # seeds numerically, `all` last
+    data = data.sort_values(keys + ["_order"]).drop(columns="_order").reset_index(drop=True)
+    conf = f"{opts['confidence']:.0%}"
+    display = data[keys + ["seed"]].rename(columns={k: k.capitalize() for k in keys + ["seed"]})
+    display[f"ΔrSum ({method.upper()} - baseline)"] = [f"{d:+.1f}" for d in data["delta_rsum"]]
+    display[f"ΔrSum {conf} CI"] = [DASH if pd.isna(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
+                                   for lo, hi in zip(data["ci_lo"], data["ci_hi"])]
+    display[f"p ({method.upper()} better)"] = [f"{p:.3g}" for p in data["p_value"]]
+    note = (f"Paired test of H1 \"{method.upper()} > baseline in rSum\" on the same test queries (primary protocol), "
+            f"from the per-query ranks each evaluate run logged (ranks.npz): p = one-sided sign-flip permutation test "
+            f"of the per-image rSum differences (an image with its captions is the unit), CI = paired percentile "
+            f"bootstrap of ΔrSum; {opts['n_resamples']} resamples, seed {opts['seed']} (`evaluate.bootstrap`). "
+            f"Seed `all`: ΔrSum = mean over the seeds, p = the LARGEST per-seed p (it is below α only if "
+            f"{method.upper()} wins at every seed; conservative, no CI). Runs in significance_provenance.csv.")
+    prov = per_seed[keys + ["seed", "run_id", "baseline_run_id"]]
+    _write_table(out, "significance", f"Significance: {method.upper()} vs each baseline (paired, per seed)", note,
+                 display, data, prov)
+    return True
+
+
 def paper_table(out: Path) -> None:
     data = PAPER_GRM_RSUM.copy()
     data.insert(0, "source", "paper (not measured here)")
@@ -294,8 +388,10 @@ def paper_table(out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- robustness
 
-_BIN_RE = re.compile(r"^clutter/(?P<bin>[^/]+)/(?P<name>[^/]+)$")
-_DIS_RE = re.compile(r"^distractors/(?P<n>\d+)/(?P<name>[^/]+)$")
+# `<protocol>/clutter/...` (fga.evaluate.robustness_run.mlflow_metrics); runs logged before the protocol prefix
+# have bare `clutter/...` keys, read as the run's protocol so an older store still fills the tables
+_BIN_RE = re.compile(r"^(?:(?P<protocol>[^/]+)/)?clutter/(?P<bin>[^/]+)/(?P<name>[^/]+)$")
+_DIS_RE = re.compile(r"^(?:(?P<protocol>[^/]+)/)?distractors/(?P<n>\d+)/(?P<name>[^/]+)$")
 
 
 def bin_order(label: str) -> tuple[int, float, str]:
@@ -307,7 +403,8 @@ def bin_order(label: str) -> tuple[int, float, str]:
 
 
 def robustness_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Long frames from the robustness runs: one row per (run, clutter bin) and per (run, distractor level)."""
+    """Long frames from the robustness runs: one row per (run, clutter bin) and per (run, distractor level), from
+    the metrics of the run's protocol (tag `protocol`)."""
     from fga.tracking import runs_frame
 
     if runs is None:
@@ -317,14 +414,18 @@ def robustness_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> tu
     for _, r in runs.iterrows():
         base = {k: r[f"tags.{k}"] for k in RUN_KEYS + ["seed"]}
         base["run_id"] = r["run_id"]
+        protocol = r.get("tags.protocol")
         for col, v in r.items():
             if not isinstance(col, str) or not col.startswith("metrics.") or pd.isna(v):
                 continue
             name = col.removeprefix("metrics.")
-            if m := _BIN_RE.match(name):
+            m = _BIN_RE.match(name) or _DIS_RE.match(name)
+            if m is None or m["protocol"] not in (None, protocol):
+                continue
+            if m.re is _BIN_RE:
                 row = clutter.setdefault((r["run_id"], m["bin"]), {**base, "bin": m["bin"]})
                 row[m["name"]] = float(v)
-            elif m := _DIS_RE.match(name):
+            else:
                 row = distract.setdefault((r["run_id"], int(m["n"])), {**base, "n_extra": int(m["n"])})
                 row[m["name"]] = float(v)
 
@@ -359,7 +460,7 @@ def _wide(summary: pd.DataFrame, level: str, fmt: Callable[[Any], str]) -> pd.Da
 
 def clutter_table(clutter: pd.DataFrame, out: Path, quiet: bool) -> bool:
     if clutter.empty:
-        say("report: no robustness runs with clutter/<bin>/... metrics; clutter table and figure skipped", quiet)
+        say("report: no robustness runs with <protocol>/clutter/<bin>/... metrics; clutter table and figure skipped", quiet)
         return False
     summary = summarise(clutter, RUN_KEYS + ["bin"], COLUMNS)
     summary["order"] = summary["bin"].map(bin_order)
@@ -385,7 +486,8 @@ def clutter_table(clutter: pd.DataFrame, out: Path, quiet: bool) -> bool:
 
 def distractor_table(distract: pd.DataFrame, out: Path, quiet: bool) -> bool:
     if distract.empty:
-        say("report: no robustness runs with distractors/<n>/... metrics; distractor table and figure skipped", quiet)
+        say("report: no robustness runs with <protocol>/distractors/<n>/... metrics; distractor table and figure "
+            "skipped", quiet)
         return False
     summary = summarise(distract, RUN_KEYS + ["n_extra"], COLUMNS).sort_values(RUN_KEYS + ["n_extra"])
     display = _wide(summary.reset_index(drop=True), "n_extra", lambda n: f"rSum +{n}")
@@ -597,6 +699,7 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
         summary = main_table(runs, out, missing, confidence)
         ablation_table(cfg, every_run, summarise(every_run), out, quiet)
         qbnorm_table(runs, out, quiet)
+        significance_table(cfg, runs, out, quiet)
         has_clutter = clutter_table(clutter, out, quiet)
         has_distract = distractor_table(distract, out, quiet)
         paper_table(out)

@@ -56,8 +56,9 @@ def experiment_name(dataset: str) -> str:
 
 def variant_of(cfg: dict[str, Any], method: str) -> str:
     """The `variant` tag: the architecture an ablation variant switches parts of (`arch:`), else "base"."""
-    section = cfg.get("methods", {}).get(method) or {}
-    return str(section.get("arch", "base"))
+    from fga.models.registry import declared_arch
+
+    return declared_arch(cfg, method) or "base"
 
 
 SERVER_SCHEMES = ("http://", "https://", "postgresql", "mysql", "mssql", "databricks")

@@ -13,8 +13,8 @@ Modes (`train.mode`). `frozen_features` (default) reads region features from the
 `train.backbone_lr_scale` x lr, with RandomResizedCrop + flip for training images
 (fga/finetune.py). The only difference between the modes is the *region source* that turns a
 batch's image indices into regions + mask (`StoreRegions` here, `fga.finetune.BackboneRegions`);
-the loop, the loss, checkpointing and DDP are shared. `train.token_perturb` (default 0.0 so the
-frozen-feature numbers stay as they were; the paper setting is 0.2) replaces each word token of
+the loop, the loss, checkpointing and DDP are shared. `train.token_perturb` (per mode: 0.2 in
+finetune, the LAPS setting; 0.0 in frozen_features, the CPU default's setting) replaces each word token of
 a training caption, with that probability, by <unk> (id 1), a random word id, or drops it, with
 equal chance.
 
@@ -77,7 +77,7 @@ from fga.evaluate.encode import SplitInputs, caps_per_image, encode_split, load_
 from fga.evaluate.similarity import similarity_matrix
 from fga.io import atomic_path
 from fga.models.base import Encoded, RetrievalModel
-from fga.models.registry import build_model
+from fga.models.registry import build_model, method_section
 
 MODES = ("frozen_features", "finetune")
 UNK_ID = 1  # fga.features.text: 0 = <pad>, 1 = <unk>, words from 2
@@ -142,6 +142,12 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "python" in state:
         p = state["python"]
         random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def token_perturb_rate(tc: dict[str, Any], mode: str) -> float:
+    """`train.token_perturb` for this mode: one rate for both, or a {mode: rate} mapping."""
+    value = tc.get("token_perturb", 0.0)
+    return float(value.get(mode, 0.0) if isinstance(value, dict) else value)
 
 
 def step_generator(seed: int, epoch: int, step: int, what: str) -> torch.Generator:
@@ -338,7 +344,8 @@ def _vocab_size(dataset: str, backbone: str) -> int:
 
 
 def build_for(cfg: dict[str, Any], method: str, dataset: str, backbone: str, img_dim: int) -> RetrievalModel:
-    return build_model(method, cfg["methods"].get(method, {}), img_dim=img_dim, vocab_size=_vocab_size(dataset, backbone))
+    return build_model(method, method_section(cfg, method, backbone), img_dim=img_dim,
+                       vocab_size=_vocab_size(dataset, backbone))
 
 
 def build(cfg: dict[str, Any], method: str, data: SplitInputs) -> RetrievalModel:
@@ -538,7 +545,7 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
                         f"use a multiple of {ctx.world}")
     per_rank = bs // ctx.world
     mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-    p_tok = float(tc.get("token_perturb", 0.0))
+    p_tok = token_perturb_rate(tc, mode)
     vocab_size = _vocab_size(dataset, backbone) if p_tok > 0 else 0
     grad_clip = float(tc.get("grad_clip", 0) or 0)
     workers = int(tc.get("num_workers", 0)) if mode == "finetune" else 0

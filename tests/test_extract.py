@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fga.config import load_params
+from fga.config import load_params, params_hash
 from fga.data import split_images
 from fga.data.synthetic import generate
 from fga.errors import UserError
@@ -70,35 +70,86 @@ def test_patch_backbones_from_params(cfg, data, tmp_path, backbone, n_regions, d
         assert s.boxes[0, 0].tolist() == [0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("backbone, input_size, n_regions, dim", [
-    ("vit_base_224", None, 1 + 14 * 14, 768),
-    ("vit_base_384", None, 1 + 24 * 24, 768),
-    ("swin_base_224", None, 7 * 7, 1024),
-    ("swin_base_384", 192, 6 * 6, 1024),  # native 384 costs ~12 s here: timm builds it at 192 (window 12, last stage 6)
-])
-def test_paper_backbones_random_init_one_image(cfg, data, backbone, input_size, n_regions, dim, monkeypatch):
-    """The paper's four, as params.yaml lists them but random-init: one image, at the native size but for Swin-B/384.
+PAPER = [("vit_base_224", 1 + 14 * 14, 768), ("vit_base_384", 1 + 24 * 24, 768), ("swin_base_224", 7 * 7, 1024),
+         ("swin_base_384", 12 * 12, 1024)]
+
+
+def test_paper_backbones_random_init_through_extract(data, tmp_path, monkeypatch):
+    """The paper's four as params.yaml registers them, `--set ...weights=random`, through extract at their native
+    input sizes on the 2 test images (~25 s on 2 CPU cores): token counts [N, L(+CLS), D] and the weights recorded.
 
     timm's truncated-normal init (erfinv over ~88M weights) is 80% of building a base model on this CPU: the test
     draws a clamped normal instead - the weights are random either way, and only shapes and the path are checked.
     """
     import timm.layers.weight_init as weight_init
-    from PIL import Image
 
     monkeypatch.setattr(weight_init, "_trunc_normal_", lambda t, mean, std, a, b: t.normal_(mean, std).clamp_(a, b))
+    c = load_params(ROOT / "params.yaml", ["features.batch_size=2", *(f"features.backbones.{b}.weights=random"
+                                                                       for b, _, _ in PAPER)])
+    for backbone, n_regions, dim in PAPER:
+        extract(c, "synthetic", backbone, data, tmp_path / backbone, splits=("test",), quiet=True)
+        s = read_store(tmp_path / backbone / "test.h5", expect_hash=feature_hash(c, "synthetic", backbone))
+        assert s.regions.shape == (2, n_regions, dim) and s.mask.all() and np.isfinite(s.regions).all(), backbone
+        assert s.attrs["weights_source"] == "random-init" and s.attrs["region_source"] == "patches"
+        assert s.attrs["input_size"] == int(backbone[-3:]) and s.attrs["cls_index"] == (0 if "vit" in backbone else -1)
 
-    spec = {**cfg["features"]["backbones"][backbone], "weights": "random"}
-    if input_size:
-        spec["input_size"] = input_size
-    torch.manual_seed(0)
-    ext = RegionExtractor(spec, name=backbone)
-    size = input_size or int(backbone[-3:])
-    assert ext.data_config["input_size"] == (3, size, size) and ext.n_regions == n_regions
-    with Image.open(data / "images" / "000000.png") as im:
-        x = ext.transform()(im.convert("RGB"))[None]
-    regions, boxes, mask = ext.extract_batch(x)
-    assert regions.shape == (1, n_regions, dim) and np.isfinite(regions).all() and mask.all()
-    assert ext.cls_index == (0 if backbone.startswith("vit") else -1)
+
+def test_lite0_grid_packaged_through_extract(data, tmp_path):
+    """The default DAG's grid backbone, packaged weights as params.yaml has them: 36 tokens of 432 dims."""
+    c = load_params(ROOT / "params.yaml", ["features.batch_size=2"])
+    extract(c, "synthetic", "lite0_grid", data, tmp_path, splits=("test",), quiet=True)
+    s = read_store(tmp_path / "test.h5", expect_hash=feature_hash(c, "synthetic", "lite0_grid"))
+    assert s.regions.shape == (2, 36, 432) and s.mask.all() and s.attrs["region_source"] == "grid"
+    assert s.attrs["weights_source"].startswith("packaged:") and "images_without_boxes" not in s.attrs
+    assert np.allclose(s.boxes[0, 7], [1 / 6, 1 / 6, 2 / 6, 2 / 6])  # row-major 6 x 6 cells
+
+
+def test_boxes_file_regions_and_count_of_images_without_boxes(cfg, data, tmp_path):
+    """ROI regions on a boxes file: its boxes in file order, an image it lacks is one whole-image region (counted)."""
+    test = split_images(read_json(data / "dataset.json"), "test")
+    w, h = test[0]["width"], test[0]["height"]
+    boxes = [[8, 4, 16, 32], [0, 0, 64, 64], [32, 32, 8, 8]]  # x, y, w, h pixels; the last is cut by max_regions 2
+    (tmp_path / "boxes.json").write_text(json.dumps({str(test[0]["id"]): boxes, "999999": [[1, 1, 2, 2]]}))
+    c = copy.deepcopy(cfg)
+    c["features"]["backbones"]["roi_rand"].update(boxes_file=str(tmp_path / "boxes.json"), max_regions=2)
+    extract(c, "synthetic", "roi_rand", data, tmp_path / "out", splits=("test",), quiet=True)
+    s = read_store(tmp_path / "out" / "test.h5", expect_hash=feature_hash(c, "synthetic", "roi_rand"))
+    assert s.attrs["region_source"] == "boxes_file:boxes.json" and s.attrs["images_without_boxes"] == 1
+    assert s.mask.sum(1).tolist() == [2, 1]
+    expect = np.array([[x / w, y / h, (x + bw) / w, (y + bh) / h] for x, y, bw, bh in boxes[:2]], np.float32)
+    np.testing.assert_allclose(s.boxes[0], expect)
+    assert s.boxes[1, 0].tolist() == [0, 0, 1, 1]
+
+    # the hash covers the file's contents when set, and is the unchanged spec hash when not
+    before = feature_hash(c, "synthetic", "roi_rand")
+    (tmp_path / "boxes.json").write_text(json.dumps({str(test[0]["id"]): boxes[:1]}))
+    assert feature_hash(c, "synthetic", "roi_rand") != before
+    assert feature_hash(cfg, "synthetic", "lite0_roi") == params_hash(
+        {"backbone": cfg["features"]["backbones"]["lite0_roi"], "data": cfg["data"]["synthetic"]})
+    extract(cfg, "synthetic", "roi_rand", data, tmp_path / "gt", splits=("test",), quiet=True)  # instances.json
+    default = read_store(tmp_path / "gt" / "test.h5")
+    assert default.attrs["region_source"] == "gt_boxes" and default.attrs["images_without_boxes"] == 0
+
+
+def test_split_without_any_box_is_one_line_error(cfg, data, tmp_path):
+    train = split_images(read_json(data / "dataset.json"), "train")
+    (tmp_path / "boxes.json").write_text(json.dumps({str(train[0]["id"]): [[0, 0, 8, 8]]}))
+    c = copy.deepcopy(cfg)
+    c["features"]["backbones"]["roi_rand"]["boxes_file"] = str(tmp_path / "boxes.json")
+    with pytest.raises(UserError, match=r"boxes\.json: none of the 1 val images has a box.*regions: grid") as exc:
+        extract(c, "synthetic", "roi_rand", data, tmp_path / "out", quiet=True)  # train is fine, val is refused
+    assert "\n" not in str(exc.value) and not (tmp_path / "out").exists()
+
+    bare = tmp_path / "bare"
+    shutil.copytree(data, bare, ignore=shutil.ignore_patterns("instances.json"))
+    with pytest.raises(UserError, match=r"instances\.json: not found, so none of the 2 test images .*boxes_file"):
+        extract(cfg, "synthetic", "roi_rand", bare, tmp_path / "out", splits=("test",), quiet=True)
+    (tmp_path / "bad.json").write_text(json.dumps({"7": [[0, 0, 0, 5]]}))
+    c["features"]["backbones"]["roi_rand"]["boxes_file"] = str(tmp_path / "bad.json")
+    with pytest.raises(UserError, match=r"bad\.json: entry '7' .*w, h > 0"):
+        extract(c, "synthetic", "roi_rand", data, tmp_path / "out", splits=("test",), quiet=True)
+    with pytest.raises(UserError, match="boxes_file is only read with regions: boxes"):
+        RegionExtractor({**ROI_RAND, "regions": "grid", "grid_size": 2, "boxes_file": str(tmp_path / "boxes.json")})
 
 
 def test_checkpoint_backbone_without_path_is_one_line_error(cfg, data, tmp_path):

@@ -1,14 +1,18 @@
 """GRM: shapes, masks, batched-vs-reference similarity, gradients, determinism, ablations, overfitting."""
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fga.models.grm import FAITHFULNESS, GRM
 from fga.models.grm.similarity import pair_token_similarity, token_similarity
 from fga.models.registry import build_model
 
 from model_inputs import D_IMG, VOCAB, encode, make_batch, one, overfit_recall_at_1
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
 
 torch.set_num_threads(1)
 
@@ -251,6 +255,12 @@ def test_faithfulness_table_matches_signature():
         defaults = [d.strip() for d in row["default"].split(" / ")]
         assert len(opts) == len(defaults), row
         for opt, default in zip(opts, defaults):
+            if "." in opt:  # a pipeline parameter: its value in params.yaml is the stated default
+                node = PARAMS
+                for key in opt.split("."):
+                    node = node[key]
+                assert node == yaml.safe_load(default), (opt, node, default)
+                continue
             assert opt in params, opt
             actual = params[opt].default
             if opt == "adapter_hidden":

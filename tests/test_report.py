@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,7 +27,7 @@ def make_cfg(tmp: Path, uri: str, methods=tuple(METHODS)) -> dict:
 
 
 def recall(method: str, seed: int, shift: float = 0.0) -> dict[str, float]:
-    base = {"grm": 30.0, "grm_no_sa": 25.0, "grm_no_rp": 27.0, "vse_mean": 20.0}[method] + seed + shift
+    base = {"grm": 30.0, "grm_no_sa": 25.0, "grm_no_rp": 27.0, "vse_mean": 20.0, "vse_inf": 22.0}[method] + seed + shift
     vals = {c: base + i for i, c in enumerate(COLUMNS[:-1])}
     vals["rsum"] = sum(vals.values())
     return vals
@@ -49,13 +50,18 @@ def log_evaluate(cfg, method, seed, *, ci=True, qbnorm=True, artifacts=None):
                    tags={"protocol": "full", "split": "test", "weights_source": "packaged"})
 
 
-def log_robustness(cfg, method, seed):
+def log_robustness(cfg, method, seed, prefix="full/"):
+    """The keys fga.evaluate.robustness_run.mlflow_metrics logs (prefix "": runs logged before the protocol prefix)."""
     metrics = {}
     for i, (label, n) in enumerate(BINS.items()):
-        metrics[f"clutter/{label}/n_images"] = n
-        metrics.update({f"clutter/{label}/{k}": v for k, v in recall(method, seed, shift=-3 * i).items()})
+        metrics[f"{prefix}clutter/{label}/n_images"] = n
+        metrics.update({f"{prefix}clutter/{label}/{k}": v for k, v in recall(method, seed, shift=-3 * i).items()})
+        metrics[f"{prefix}clutter/{label}/ci/rsum_lo"] = 0.0  # CI bounds are not rows of the table
     for n in DISTRACTORS:
-        metrics.update({f"distractors/{n}/{k}": v for k, v in recall(method, seed, shift=-n).items()})
+        metrics.update({f"{prefix}distractors/{n}/{k}": v for k, v in recall(method, seed, shift=-n).items()})
+    # another protocol's blocks never mix into the run's own
+    metrics.update({f"coco1k/clutter/{label}/rsum": 1.0 for label in BINS})
+    metrics.update({f"coco1k/distractors/{n}/rsum": 1.0 for n in DISTRACTORS})
     return log_run(cfg, key(method, seed, "robustness"), metrics=metrics, tags={"protocol": "full"})
 
 
@@ -155,6 +161,93 @@ def test_robustness_tables(full_report):
     assert "rsum_ci_lo_mean" not in qb and "CI" not in (tables / "qbnorm.md").read_text()
 
 
+def test_robustness_runs_logged_before_the_protocol_prefix_still_read(tmp_path, mlflow_store):
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm",))
+    for seed in SEEDS:
+        log_evaluate(cfg, "grm", seed)
+        log_robustness(cfg, "grm", seed, prefix="")
+    write_report(cfg, quiet=True)
+    clutter = pd.read_csv(tmp_path / "reports/tables/robustness_clutter.csv")
+    assert list(clutter["bin"]) == list(BINS)
+    assert clutter["rsum_mean"].iloc[0] == pytest.approx(sum(recall("grm", s)["rsum"] for s in SEEDS) / 3)
+    dis = pd.read_csv(tmp_path / "reports/tables/robustness_distractors.csv")
+    assert list(dis["n_extra"]) == list(DISTRACTORS) and (dis["rsum_mean"] > 100).all()
+
+
+def _ranks_file(path: Path, i2t, t2i) -> Path:
+    """ranks.npz as the evaluate stage writes it (primary protocol `full`, 5 captions per image)."""
+    from fga.evaluate.run import write_ranks
+
+    write_ranks(path / "ranks.npz", {"full_i2t": i2t, "full_t2i": t2i, "i2t": i2t, "t2i": t2i},
+                list(range(100, 100 + len(i2t))), 5, "full")
+    return path / "ranks.npz"
+
+
+def test_significance_table_from_the_runs_ranks(tmp_path, mlflow_store):
+    """Seed 0: GRM ranks every query at least as well as vse_mean (p < 0.05); seed 1: the two swapped (p > 0.5);
+    vse_inf has seed 0 only; the `all` row takes the largest per-seed p."""
+    from fga.evaluate.recall import metrics_from_ranks
+    from fga.evaluate.stats import paired_test
+
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm", "vse_mean", "vse_inf"))
+    cfg["methods"] = {"grm": {}, "vse_mean": {}, "vse_inf": {}}
+    cfg["evaluate"] = {"bootstrap": {"n_resamples": 500, "seed": 1}}
+    rng = np.random.default_rng(0)
+    n = 120
+    weak = (rng.integers(1, 30, n), rng.integers(1, 60, 5 * n))
+    strong = (np.maximum(1, weak[0] - rng.integers(0, 8, n)), np.maximum(1, weak[1] - rng.integers(0, 12, 5 * n)))
+    ranks = {("grm", 0): strong, ("vse_mean", 0): weak, ("grm", 1): weak, ("vse_mean", 1): strong,
+             ("vse_inf", 0): weak}
+    for (method, seed), r in ranks.items():
+        (tmp_path / f"{method}{seed}").mkdir()
+        log_evaluate(cfg, method, seed, artifacts=[_ranks_file(tmp_path / f"{method}{seed}", *r)])
+    write_report(cfg, quiet=True)
+    tables = tmp_path / "reports/tables"
+    sig = pd.read_csv(tables / "significance.csv", dtype={"seed": str})
+    assert list(zip(sig["baseline"], sig["seed"])) == [("vse_inf", "0"), ("vse_mean", "0"), ("vse_mean", "1"),
+                                                        ("vse_mean", "all")]
+    row = sig.set_index(["baseline", "seed"])
+    delta = metrics_from_ranks(*strong)["rsum"] - metrics_from_ranks(*weak)["rsum"]
+    assert delta > 10
+    assert row.loc[("vse_mean", "0"), "delta_rsum"] == pytest.approx(delta, abs=1e-3)
+    assert row.loc[("vse_mean", "1"), "delta_rsum"] == pytest.approx(-delta, abs=1e-3)
+    assert row.loc[("vse_mean", "0"), "p_value"] < 0.05 and row.loc[("vse_mean", "1"), "p_value"] > 0.5
+    assert row.loc[("vse_mean", "0"), "ci_lo"] > 0 and row.loc[("vse_mean", "0"), "n_resamples"] == 500
+    # the params' resamples and seed: exactly paired_test on the runs' ranks
+    ref = paired_test(strong, weak, 5, n_resamples=500, seed=1)
+    assert row.loc[("vse_mean", "0"), "p_value"] == pytest.approx(ref["p_value"], abs=1e-4)  # CSVs hold 4 decimals
+    assert row.loc[("vse_mean", "0"), "ci_hi"] == pytest.approx(ref["ci"][1], abs=1e-3)
+    combined = row.loc[("vse_mean", "all")]
+    assert combined["delta_rsum"] == pytest.approx(0.0, abs=1e-3) and combined["p_value"] > 0.5
+    assert combined["p_value"] == row.loc[("vse_mean", "1"), "p_value"] and pd.isna(combined["ci_lo"])
+    md = (tables / "significance.md").read_text()
+    assert "LARGEST per-seed p" in md and "| vse_mean | 0 | +" in md and "| 0.002 |" in md and "| 1 |" in md
+    assert r"$\Delta$rSum" in (tables / "significance.tex").read_text()
+    prov = pd.read_csv(tables / "significance_provenance.csv")
+    assert len(prov) == 3 and set(prov.columns) >= {"run_id", "baseline_run_id"}
+    # logged with the other tables as the report run's artifacts
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
+    report = mlflow.search_runs(experiment_names=[experiment_name("synthetic")], filter_string="tags.stage = 'report'")
+    paths = {a.path for a in mlflow.MlflowClient().list_artifacts(report["run_id"][0], "tables")}
+    assert {"tables/significance.md", "tables/significance.csv", "tables/significance.tex"} <= paths
+
+
+def test_significance_table_skipped_without_grm(tmp_path, mlflow_store, capsys):
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("vse_mean", "vse_inf"))
+    cfg["methods"] = {"vse_mean": {}, "vse_inf": {}}
+    rng = np.random.default_rng(1)
+    for method in ("vse_mean", "vse_inf"):
+        (tmp_path / method).mkdir()
+        r = (rng.integers(1, 30, 20), rng.integers(1, 30, 100))
+        log_evaluate(cfg, method, 0, artifacts=[_ranks_file(tmp_path / method, *r)])
+    write_report(cfg)
+    assert "significance table needs grm and a baseline among the evaluate runs; skipped" in capsys.readouterr().out
+    assert (tmp_path / "reports/tables/main.md").exists()
+    assert not list((tmp_path / "reports/tables").glob("significance*"))
+
+
 def test_paper_reference_is_separate_and_labelled(full_report):
     tmp, _, _ = full_report
     tables = tmp / "reports/tables"
@@ -219,7 +312,8 @@ def test_degrades_without_robustness_variants_or_ci(tmp_path, mlflow_store, caps
     assert "WARNING: 2 grid cell(s) have no evaluate run" in captured.err  # grid seeds 0-2, runs of seeds 0-1
     assert "Incomplete grid" in (tmp_path / "reports/tables/main.md").read_text()
     for what in ("ablation table skipped", "QB-Norm table skipped", "clutter table and figure skipped",
-                 "distractor table and figure skipped", "heat maps skipped"):
+                 "distractor table and figure skipped", "heat maps skipped", "no ranks.npz artifact in the evaluate "
+                 "run of synthetic/lite0_roi/grm/seed0", "significance table skipped"):
         assert what in out
     tables = {p.name for p in (tmp_path / "reports/tables").iterdir()}
     assert tables == {f"{n}{s}" for n in ("main", "paper_reference") for s in (".md", ".csv", ".tex", "_provenance.csv")}

@@ -6,6 +6,7 @@ import pytest
 
 from fga.errors import UserError
 from fga.evaluate.recall import metrics_from_ranks, query_ranks, rank_metrics
+from fga.evaluate.stats import bootstrap_ci
 from fga.evaluate.robustness import (
     Bin,
     cluttered_bin,
@@ -154,6 +155,30 @@ def test_per_bin_metrics_matches_selected_ranks():
     # precomputed ranks give the same answer
     assert per_bin_metrics(sim, ids, counts, bins, cpi, ranks=(i2t, t2i)) == out
     assert sum(out[b.label]["n_images"] for b in bins[:-1]) == n
+    assert all("ci" not in row for row in out.values())  # no bootstrap asked for
+
+
+def test_per_bin_ci_resamples_the_bins_own_images():
+    rng = np.random.default_rng(5)
+    n, cpi = 60, 5
+    sim = rng.random((n, n * cpi)).astype(np.float32)
+    sim[np.arange(n)[:, None], np.arange(n)[:, None] * cpi + np.arange(cpi)] += 0.3
+    ids = list(range(n))
+    counts = {i: int(c) for i, c in zip(ids, rng.integers(1, 12, size=n))}
+    bins = make_bins(counts, [[1, 3], [4, 7], [8, 15], [16, None]])
+    opts = {"n_resamples": 300, "confidence": 0.9, "seed": 3}
+    out = per_bin_metrics(sim, ids, counts, bins, cpi, bootstrap=opts)
+    i2t, t2i = query_ranks(sim, cpi)
+    cvec = np.array([counts[i] for i in ids])
+    for b in bins[:3]:
+        m = b.mask(cvec)
+        ci = out[b.label]["ci"]
+        assert ci == bootstrap_ci(i2t[m], t2i[np.repeat(m, cpi)], cpi, **opts)
+        assert ci["n_resamples"] == 300 and ci["confidence"] == 0.9
+        assert ci["rsum"][0] <= out[b.label]["rsum"] <= ci["rsum"][1]
+        # the bin's own images, not the whole test set: a different interval than all images give
+        assert ci != bootstrap_ci(i2t, t2i, cpi, **opts)
+    assert out["16+"]["n_images"] == 0 and out["16+"]["ci"] is None
 
 
 def test_per_bin_metrics_validation():
@@ -177,3 +202,6 @@ def test_distractor_curve_rows_sorted():
     assert rows[0] == {"n_extra": 0, "i2t_R@1": 60.0, "i2t_medr": 2.0, "t2i_R@1": 30.0, "rsum": 180.0}
     assert [r["rsum"] for r in rows] == [180.0, 150.0, 120.0]
     assert distractor_curve({}) == []
+    # a level's bootstrap CI is no curve point
+    ci = bootstrap_ci(np.array([1, 3]), np.array([1, 2]), 1, n_resamples=10)
+    assert distractor_curve({0: {**m(60.0), "ci": ci}}) == rows[:1]

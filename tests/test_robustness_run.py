@@ -13,6 +13,7 @@ from fga.evaluate.recall import metrics_from_ranks, query_ranks
 from fga.evaluate.robustness_run import (bin_spec, distractor_cfg, distractor_name, make_distractor_features,
                                          mlflow_metrics, robustness, settings)
 from fga.evaluate.run import evaluate
+from fga.evaluate.stats import bootstrap_ci, bootstrap_options
 from fga.features.extract import feature_hash
 from fga.evaluate.encode import store_rows
 
@@ -93,14 +94,28 @@ def test_bins_cluttered_and_curve(with_distractors, monkeypatch):
     # the distractor curve: level 0 (the test set itself, from the clutter bins' matrix), then one entry per level
     assert [r["n_extra"] for r in res["distractors"]] == LEVELS
     assert res["distractors"][0]["i2t"] == m["i2t"] and res["distractors"][0]["t2i"] == m["t2i"]
+    # every recall block carries the evaluate stage's bootstrap CI, resampling that block's own images
+    opts = bootstrap_options(cfg)
+    assert res["overall"]["ci"] == m["ci"]  # the same ranks and options as metrics.json
+    for label, row in res["bins"].items():
+        sel = (cvec >= row["lo"]) & (True if row["hi"] is None else cvec <= row["hi"])
+        assert row["ci"] == bootstrap_ci(i2t[sel], t2i[np.repeat(sel, 5)], 5, **opts), label
+        assert row["ci"]["rsum"][0] <= row["rsum"] <= row["ci"]["rsum"][1]
+    assert res["cluttered"]["ci"] == bootstrap_ci(i2t[cvec >= lo], t2i[np.repeat(cvec >= lo, 5)], 5, **opts)
+    assert res["distractors"][0]["ci"] == m["ci"]
+    for row in res["distractors"][1:]:
+        assert row["ci"]["n_resamples"] == opts["n_resamples"] and row["ci"]["rsum"][0] <= row["rsum"] <= row["ci"]["rsum"][1]
     flat = mlflow_metrics(res)
-    assert all(k.startswith(("clutter/", "distractors/")) for k in flat)
+    assert all(k.startswith(("full/clutter/", "full/distractors/")) for k in flat)
     for label in res["bins"]:
         safe = label.replace("+", "plus")
-        assert f"clutter/{safe}/n_images" in flat and f"clutter/{safe}/rsum" in flat
-    assert "clutter/cluttered/i2t_R1" in flat and "clutter/all/rsum" in flat
+        assert f"full/clutter/{safe}/n_images" in flat and f"full/clutter/{safe}/rsum" in flat
+        assert flat[f"full/clutter/{safe}/ci/rsum_lo"] == res["bins"][label]["ci"]["rsum"][0]
+    assert "full/clutter/cluttered/i2t_R1" in flat and "full/clutter/all/rsum" in flat
+    assert flat["full/clutter/cluttered/ci/t2i_R5_hi"] == res["cluttered"]["ci"]["t2i"]["R@5"][1]
     for n in LEVELS:
-        assert f"distractors/{n}/t2i_R10" in flat and f"distractors/{n}/rsum" in flat
+        assert f"full/distractors/{n}/t2i_R10" in flat and f"full/distractors/{n}/rsum" in flat
+        assert f"full/distractors/{n}/ci/rsum_hi" in flat
     assert all(set(k) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/ ") for k in flat)
 
 
@@ -151,8 +166,9 @@ def test_cli_robustness_logs_bins_and_levels(with_distractors, monkeypatch):
     runs = mlflow.search_runs(experiment_names=[f"fga-{DS}"], filter_string="tags.stage = 'robustness'")
     assert len(runs) == 1 and runs.iloc[0]["tags.protocol"] == "full"
     keys = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.")]
-    assert keys and all(k.startswith(("clutter/", "distractors/")) for k in keys)
-    assert runs.iloc[0]["metrics.distractors/4/rsum"] == pytest.approx(res["distractors"][-1]["rsum"])
+    assert keys and all(k.startswith(("full/clutter/", "full/distractors/")) for k in keys)
+    assert runs.iloc[0]["metrics.full/distractors/4/rsum"] == pytest.approx(res["distractors"][-1]["rsum"])
+    assert runs.iloc[0]["metrics.full/clutter/all/ci/rsum_lo"] == pytest.approx(res["overall"]["ci"]["rsum"][0])
     assert main(["robustness", "--dataset", DS, "--quiet"]) == 2  # missing --backbone etc.: one-line error
 
 

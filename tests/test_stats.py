@@ -7,7 +7,7 @@ from scipy import stats as sps
 
 from fga.errors import UserError
 from fga.evaluate.recall import RECALL_KEYS, metrics_from_ranks
-from fga.evaluate.stats import bootstrap_ci, mean_std, paired_test
+from fga.evaluate.stats import bootstrap_ci, bootstrap_options, mean_std, paired_test
 
 CPI = 5
 
@@ -156,3 +156,12 @@ def test_mean_std():
         mean_std([])
     with pytest.raises(UserError):
         mean_std([1.0, float("nan")])
+
+
+def test_bootstrap_options_from_params():
+    """`evaluate.bootstrap` with the evaluate stage's defaults filled in, usable by both bootstrap_ci and paired_test."""
+    assert bootstrap_options({}) == {"n_resamples": 1000, "confidence": 0.95, "seed": 0}
+    opts = bootstrap_options({"evaluate": {"bootstrap": {"n_resamples": 50, "seed": 7}}})
+    assert opts == {"n_resamples": 50, "confidence": 0.95, "seed": 7}
+    a, b = _method(30, 0, 0.6), _method(30, 1, 0.3)
+    assert bootstrap_ci(*a, **opts)["n_resamples"] == 50 and paired_test(a, b, **opts)["n_resamples"] == 50

@@ -170,3 +170,37 @@ def test_text_store_roundtrip_and_pairing(tmp_path):
     regions, rmask, (feats, tmask) = ds[11]
     assert feats.shape == (L, Dt) and torch.equal(tmask, torch.from_numpy(mask[11]))
     assert torch.allclose(feats, torch.from_numpy(tok[11].astype(np.float16).astype(np.float32)))
+
+
+def write_text_store(path, ids, data="d1"):
+    n_caps = len(ids)
+    w = TextStoreWriter(path, n_caps, 3, 2, {"encoder": "e", "params_hash": "t1", "data_hash": data})
+    w.write(0, np.zeros((n_caps, 3, 2), np.float32), np.ones((n_caps, 3), bool), np.asarray(ids, np.int64))
+    w.finish()
+    return TextStore(path)
+
+
+def test_region_store_dataset_refuses_text_store_of_other_images(tmp_path):
+    """Caption k must describe store image k // 5, from the same dataset.json; else one line naming both files."""
+    write_store(tmp_path / "s.h5")
+    ids = np.repeat(np.arange(N) + 100, 5)  # write_store's image ids
+    ok = RegionStoreDataset(tmp_path / "s.h5", write_text_store(tmp_path / "ok.h5", ids))
+    assert len(ok) == N * 5 and ok._file is None
+    swapped = ids.copy()
+    swapped[[10, 15]] = swapped[[15, 10]]  # images 2 and 3 exchange a caption
+    with pytest.raises(UserError, match=r"s\.h5: caption 10 of .*swapped\.h5 describes image 103, but the store's "
+                                        r"image 2 is 102 \(2 captions off\).*fga features text-encode") as exc:
+        RegionStoreDataset(tmp_path / "s.h5", write_text_store(tmp_path / "swapped.h5", swapped))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match=r"data_hash d1 != d2 of .*other\.h5"):
+        RegionStoreDataset(tmp_path / "s.h5", write_text_store(tmp_path / "other.h5", ids, data="d2"))
+    with pytest.raises(UserError, match=r"35 captions \(5 each\), got 30 in .*short\.h5"):
+        RegionStoreDataset(tmp_path / "s.h5", write_text_store(tmp_path / "short.h5", ids[:30]))
+
+
+def test_text_store_errors_name_the_command_that_writes_it(tmp_path):
+    with pytest.raises(UserError, match="run `fga features text-encode`"):
+        read_text_store(tmp_path / "nope.h5")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(UserError, match="re-run `fga features text-encode`"):
+        TextStore(tmp_path / "bad.h5")

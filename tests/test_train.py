@@ -214,20 +214,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_gloo_ranks_equal_one_process(project):
+@pytest.mark.parametrize("method,loss_key", [("vse_mean", "loss_triplet"), ("grm", "loss_total")])
+def test_ddp_two_gloo_ranks_equal_one_process(project, method, loss_key):
     from fga.train import train
 
     # 8 images x 5 captions = 40 pairs = one global batch per epoch: epoch 0 (summed negatives) and
     # epoch 1 (hardest negatives) are one optimizer step each; no clipping, so the logged grad norm
     # is the raw gradient's (an Adam update alone would hide a wrong gradient scale).
     cfg = tiny_cfg(batch_size=40, grad_clip=0.0, epochs=2, token_perturb=0.2)
+    # GRM's encoded dicts (tokens, masks, region prompts, attention, log-variances) go through the
+    # gather; its per-rank noise (Gumbel, region samples) is switched off, since each rank draws its own
+    cfg["methods"]["grm"].update(use_saliency=False, use_uncertainty=False)
     run, cfg_path = script(project, cfg)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    two = subprocess.Popen([*torchrun, str(run), str(cfg_path), str(project / "ddp"), "vse_mean"], cwd=project,
+    two = subprocess.Popen([*torchrun, str(run), str(cfg_path), str(project / "ddp"), method], cwd=project,
                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        a = train(cfg, DS, BK, "vse_mean", 0, project / "one", quiet=True)  # meanwhile, one process
+        a = train(cfg, DS, BK, method, 0, project / "one", quiet=True)  # meanwhile, one process
         out = two.communicate(timeout=120)[0]
     finally:
         if two.poll() is None:
@@ -237,7 +241,7 @@ def test_ddp_two_gloo_ranks_equal_one_process(project):
     b = json.loads((project / "ddp" / "meta.json").read_text())
     assert b["world_size"] == 2 and len(a["history"]) == len(b["history"]) == 2
     for ra, rb in zip(a["history"], b["history"]):
-        assert rb["loss_triplet"] == pytest.approx(ra["loss_triplet"], rel=1e-5)
+        assert rb[loss_key] == pytest.approx(ra[loss_key], rel=1e-5)
         assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-5)
     sa = torch.load(project / "one" / "last.pt", weights_only=True)
     sb = torch.load(project / "ddp" / "last.pt", weights_only=True)
@@ -352,3 +356,13 @@ def test_finetune_augmentation_is_seeded_and_moves_boxes(tmp_path, monkeypatch):
     state = torch.get_rng_state()
     split.load_one(1, 3)
     assert torch.equal(state, torch.get_rng_state())  # augmentation leaves the global RNG alone
+
+
+def test_token_perturb_rate_per_mode():
+    from fga.train import token_perturb_rate
+
+    per_mode = {"token_perturb": {"frozen_features": 0.0, "finetune": 0.2}}
+    assert token_perturb_rate(per_mode, "finetune") == 0.2
+    assert token_perturb_rate(per_mode, "frozen_features") == 0.0
+    assert token_perturb_rate({"token_perturb": 0.1}, "finetune") == 0.1  # one rate for both modes
+    assert token_perturb_rate({}, "finetune") == 0.0

@@ -62,6 +62,73 @@ def test_mapping_refuses_shape_mismatch():
         map_lite0_keys(src, target)
 
 
+def test_lite0_names_map_explicitly_whatever_the_order():
+    """Every packaged tensor gets its timm name by rule, not by position: a shuffled file maps the same."""
+    import random
+
+    import timm
+
+    from fga.features.visual import lite0_timm_name
+
+    src = packaged_lite0_state_dict()
+    target = timm.create_model("tf_efficientnet_lite0").state_dict()
+    mapped = map_lite0_keys(src, target)
+    assert len(src) == len(mapped) == len(target) == 296 and set(mapped) == set(target)
+    names = list(src)
+    random.Random(0).shuffle(names)
+    shuffled = map_lite0_keys({k: src[k] for k in names}, target)
+    assert all(shuffled[k] is mapped[k] for k in target)
+    assert lite0_timm_name("_blocks.0._bn1.weight") == "blocks.0.0.bn1.weight"  # depthwise-separable stage 0
+    assert lite0_timm_name("_blocks.2._bn1.weight") == "blocks.1.1.bn2.weight"  # inverted residual, stage 1
+    assert lite0_timm_name("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
+    assert lite0_timm_name("_bn1.running_var") == "bn2.running_var" and lite0_timm_name("_fc.bias") == "classifier.bias"
+    for bad in ("_blocks.16._bn0.weight", "_blocks.0._expand_conv.weight", "stem.weight"):
+        with pytest.raises(UserError, match="has no timm name"):
+            lite0_timm_name(bad)
+    with pytest.raises(UserError, match="gives 295 of timm's 296"):
+        map_lite0_keys({k: v for k, v in src.items() if k != "_fc.bias"}, target)
+
+
+def test_packaged_weights_refused_for_the_non_tf_variant():
+    with pytest.raises(UserError, match=r"lite\.model: .*TF 'same' padding.*set model: tf_efficientnet_lite0") as exc:
+        RegionExtractor({"model": "efficientnet_lite0", "weights": "packaged", "regions": "grid", "grid_size": 2},
+                        name="lite")
+    assert "\n" not in str(exc.value)
+
+
+def test_timm_train_checkpoint_with_namespace_and_nested_state(tmp_path):
+    """timm train.py saves {epoch, arch, state_dict, args: Namespace, state_dict_ema}: the weights load (with
+    weights_only), while a pickled module or a file without tensors is a one-line error naming the path."""
+    import argparse
+
+    import timm
+
+    from fga.features.visual import read_checkpoint
+
+    torch.manual_seed(2)
+    state = timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict()
+    ema = {k: v + 1 for k, v in state.items()}
+    ckpt = tmp_path / "timm_train.pth.tar"
+    torch.save({"epoch": 3, "arch": "vit_tiny_patch16_224", "args": argparse.Namespace(lr=0.1, model="vit_tiny"),
+                "state_dict": {f"module.{k}": v for k, v in state.items()}, "state_dict_ema": ema}, ckpt)
+    ext = RegionExtractor({"model": "vit_tiny_patch16_224", "weights": "checkpoint", "checkpoint": str(ckpt),
+                           "regions": "patches", "input_size": 64}, name="vit_ckpt")
+    assert ext.weights_source == f"checkpoint:{ckpt}"
+    assert torch.equal(ext.backbone.blocks[0].mlp.fc1.weight, state["blocks.0.mlp.fc1.weight"])  # not the EMA
+    torch.save({"state_dict_ema": ema, "args": argparse.Namespace(lr=0.1)}, tmp_path / "ema.pth")
+    assert torch.equal(read_checkpoint(tmp_path / "ema.pth")["cls_token"], ema["cls_token"])
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    torch.save({"epoch": 3, "args": argparse.Namespace(lr=0.1)}, tmp_path / "empty.pth")
+    for name, match in [("module.pth", "refuses the pickled torch.nn.modules.linear.Linear"),
+                        ("empty.pth", "holds no dict of tensors")]:
+        with pytest.raises(UserError, match=match) as exc:
+            read_checkpoint(tmp_path / name)
+        msg = str(exc.value)
+        assert msg.startswith(str(tmp_path / name)) and "torch.save(model.state_dict(), PATH)" in msg
+        assert "\n" not in msg and "\x1b" not in msg
+
+
 def test_roi_and_grid_regions_shapes():
     ext = RegionExtractor({"model": "tf_efficientnet_lite0", "weights": "random", "regions": "boxes", "input_size": 128})
     fmap = ext.feature_map(torch.randn(2, 3, 128, 128))

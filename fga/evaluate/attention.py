@@ -34,15 +34,10 @@ from fga.evaluate.encode import SplitInputs, caps_per_image
 from fga.features.text import PAD, UNK, load_vocab, split_captions, tokenize
 from fga.io import read_json
 from fga.models.base import RetrievalModel
+from fga.models.registry import declared_arch
 
 TEMPERATURE = 0.1
 LEVEL = "unc"
-
-
-def arch_of(cfg: dict[str, Any], method: str) -> str:
-    """The architecture of a method: its params.yaml `arch:` (ablation variants), else its own name."""
-    section = (cfg.get("methods") or {}).get(method) or {}
-    return str(section.get("arch", method)) if isinstance(section, dict) else method
 
 
 def is_grm(model: RetrievalModel) -> bool:
@@ -248,7 +243,7 @@ def grm_maps(model: RetrievalModel, data: SplitInputs, captions: list[str], voca
 def attention_record(cfg: dict[str, Any], dataset: str, method: str, model: RetrievalModel, data: SplitInputs,
                      n: int, split: str, store: Path | None = None) -> dict[str, Any]:
     """The attention.json dict of a run: {"method", "arch", "maps"} (+ "reason" when maps is empty)."""
-    arch = arch_of(cfg, method)
+    arch = declared_arch(cfg, method) or method
     record: dict[str, Any] = {"method": method, "arch": arch, "split": split, "maps": []}
     if not is_grm(model):
         record["reason"] = (f"{method} ({arch}) has no region attention; region-word maps are written for "

@@ -97,9 +97,10 @@ def finetuned_regions(cfg: dict[str, Any], backbone: str, region_state: dict[str
 
     if not region_state:
         raise UserError("train.mode = finetune but the checkpoint holds no backbone weights; re-run `fga train`")
-    net = FinetuneBackbone(cfg["features"]["backbones"][backbone])
-    source = BackboneRegions(net, ImageSplit(data_dir, images, net.data_config, with_boxes=net.regions == "boxes",
-                                             max_boxes=net.n_regions))
+    spec = cfg["features"]["backbones"][backbone]
+    net = FinetuneBackbone(spec)
+    source = BackboneRegions(net, ImageSplit(data_dir, images, net.data_config,
+                                             box_spec=spec if net.regions == "boxes" else None, max_boxes=net.n_regions))
     source.load_state_dict(region_state)
     source.to(device)
     regions, mask = source.all_regions(device)

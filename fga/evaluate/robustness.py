@@ -4,7 +4,8 @@ Per-bin metrics use the bin's queries against the FULL gallery: an image query o
 ranked over all captions, and a caption query whose image is in the bin is ranked over all
 images. Bins therefore differ only in which queries they hold, never in gallery size, and are
 directly comparable with each other and with the overall numbers. Ranks are computed once on
-the whole matrix (:func:`fga.evaluate.recall.query_ranks`) and then selected per bin.
+the whole matrix (:func:`fga.evaluate.recall.query_ranks`) and then selected per bin; a bin's
+bootstrap CI resamples that bin's images with their captions (:func:`fga.evaluate.stats.bootstrap_ci`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from fga.errors import UserError
 from fga.evaluate.recall import metrics_from_ranks, query_ranks
+from fga.evaluate.stats import bootstrap_ci
 
 CLUTTER_QUANTILE = 2.0 / 3.0
 
@@ -147,14 +149,24 @@ def cluttered_subset(counts: Mapping[int, int], quantile: float = CLUTTER_QUANTI
     return sorted(i for i, c in counts.items() if b.contains(c))
 
 
+def recall_block(i2t_ranks, t2i_ranks, caps_per_image: int = 5, bootstrap: Mapping[str, Any] | None = None) -> dict:
+    """Recalls of some queries' ranks, plus their bootstrap ``ci`` when ``bootstrap`` holds bootstrap_ci's options."""
+    out = metrics_from_ranks(i2t_ranks, t2i_ranks)
+    if bootstrap is not None:
+        out["ci"] = bootstrap_ci(i2t_ranks, t2i_ranks, caps_per_image, **bootstrap)
+    return out
+
+
 def per_bin_metrics(sim, image_ids: Sequence[int], counts: Mapping[int, int], bins: Sequence[Bin],
-                    caps_per_image: int = 5, ties: str = "pessimistic", ranks=None) -> dict:
+                    caps_per_image: int = 5, ties: str = "pessimistic", ranks=None,
+                    bootstrap: Mapping[str, Any] | None = None) -> dict:
     """Metrics of each bin's queries against the full gallery.
 
     ``image_ids`` lists the image of each matrix row. ``ranks`` may pass precomputed
     ``query_ranks(sim, caps_per_image, ties)`` to skip the matrix pass (``sim`` is then only
-    used for its shape). Returns ``{label: {"lo", "hi", "n_images", "n_queries_i2t",
-    "n_queries_t2i", "i2t", "t2i", "rsum"}}``; an empty bin has ``None`` metrics.
+    used for its shape). ``bootstrap`` (``n_resamples``, ``confidence``, ``seed``) adds each bin's
+    CI (:func:`recall_block`). Returns ``{label: {"lo", "hi", "n_images", "n_queries_i2t",
+    "n_queries_t2i", "i2t", "t2i", "rsum"[, "ci"]}}``; an empty bin has ``None`` metrics.
     """
     n_img = int(np.shape(sim)[0])
     ids = list(image_ids)
@@ -184,9 +196,9 @@ def per_bin_metrics(sim, image_ids: Sequence[int], counts: Mapping[int, int], bi
         row = {"lo": b.lo, "hi": b.hi, "n_images": n, "n_queries_i2t": n,
                "n_queries_t2i": n * caps_per_image}
         if n:
-            row.update(metrics_from_ranks(i2t[m], t2i[np.repeat(m, caps_per_image)]))
+            row.update(recall_block(i2t[m], t2i[np.repeat(m, caps_per_image)], caps_per_image, bootstrap))
         else:
-            row.update({"i2t": None, "t2i": None, "rsum": None})
+            row.update({"i2t": None, "t2i": None, "rsum": None, **({"ci": None} if bootstrap is not None else {})})
         out[b.label] = row
     return out
 
@@ -196,13 +208,15 @@ def distractor_curve(results: Mapping[int, Mapping]) -> list[dict]:
 
     Each row is ``{"n_extra": n, "rsum": ..., "i2t_R@1": ..., "t2i_medr": ..., ...}``: numeric
     top-level values are kept, per-direction dicts are flattened as ``<direction>_<metric>``,
-    everything else (protocol names, per-fold lists) is dropped.
+    everything else (protocol names, per-fold lists, bootstrap ``ci`` blocks) is dropped.
     """
     rows = []
     for n_extra in sorted(results, key=int):
         metrics = results[n_extra]
         row: dict = {"n_extra": int(n_extra)}
         for key, val in metrics.items():
+            if key == "ci":  # intervals, not metrics: its confidence / n_resamples would pass as numbers
+                continue
             if isinstance(val, Mapping):
                 for sub, v in val.items():
                     if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):

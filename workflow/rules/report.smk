@@ -10,6 +10,7 @@ rule report:
         figures=directory(config["report"]["figures_dir"]),
     params:
         report=config["report"],
+        bootstrap=config["evaluate"]["bootstrap"],  # the significance table's paired tests
         # ablation variants are recognised by their methods' `arch:` key
         variants={m: s["arch"] for m, s in config["methods"].items() if isinstance(s, dict) and "arch" in s},
         fga=FGA,
