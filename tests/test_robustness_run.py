@@ -183,3 +183,22 @@ def test_equal_count_falls_back_to_the_distinct_levels(with_distractors, monkeyp
                         if im["split"] == "test"]))
     assert res["bin_spec"] == {"equal_count": distinct} and res["bin_spec_requested"] == {"equal_count": 50}
     assert len(res["bins"]) == distinct and sum(b["n_images"] for b in res["bins"].values()) == 12
+
+
+def test_no_instances_means_no_clutter_bins(with_distractors, monkeypatch):
+    """Precomputed features or Flickr30K without Entities: instances.json holds no boxes, so no bins."""
+    root, cfg = with_distractors
+    monkeypatch.chdir(root)
+    path = root / "data" / DS / "instances.json"
+    original = path.read_text()
+    path.write_text(json.dumps({**json.loads(original), "annotations": []}))
+    try:
+        rc = {**cfg["robustness"], "distractors": []}
+        res = robustness({**cfg, "robustness": rc}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt",
+                         quiet=True)
+    finally:
+        path.write_text(original)
+    assert res["bins"] == {} and res["cluttered"] is None and res["bin_spec"] is None
+    assert "no instances" in res["clutter_note"] and res["n_unbinned"] == res["n_images"] == 12
+    flat = mlflow_metrics(res)
+    assert "full/clutter/all/rsum" in flat and not any("cluttered" in k for k in flat)

@@ -58,7 +58,9 @@ def test_prepared_dataset_runs_through_the_snakefile(tmp_path, server, precomp_f
     recalls = [metrics[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert all(math.isfinite(r) and 0 <= r <= 100 for r in recalls), metrics
     assert math.isfinite(metrics["rsum"]) and metrics["rsum"] == pytest.approx(sum(recalls), abs=1e-3)
-    assert (run_dir / "robustness.json").exists()  # the grid's last stage also ran on a dataset with no boxes
+    # the grid's last stage also ran on a dataset with no boxes: recall overall, no clutter bins
+    robustness = json.loads((run_dir / "robustness.json").read_text())
+    assert robustness["bins"] == {} and "no instances" in robustness["clutter_note"]
 
     table = pd.read_csv(project / "reports/tables/main.csv")
     row = table[(table["dataset"] == DATASET) & (table["backbone"] == BACKBONE) & (table["method"] == METHOD)]

@@ -172,16 +172,23 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
         txt = encode_texts(model, data.tokens, data.lengths, device)
     ranks = query_ranks(sim, cpi)
 
-    all_counts = clutter_counts(Path("data") / dataset / "instances.json")
+    instances = Path("data") / dataset / "instances.json"
+    all_counts = clutter_counts(instances)
     counts = {i: int(all_counts.get(i, 0)) for i in data.image_ids}
     spec = requested = bin_spec(rc, dataset)
-    distinct = len(set(counts.values()))
-    if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
-        spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
-    bins = make_bins(counts, spec)
-    per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks, bootstrap=bs)
-    clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
-    cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks, bootstrap=bs)[clut.label]
+    clutter_note = None
+    if not any(counts.values()):
+        # no instance boxes for these images (precomputed features, Flickr30K without Entities): nothing to bin
+        per_bin, cluttered, spec = {}, None, None
+        clutter_note = f"{instances}: no instances for the {split} images, so clutter bins do not apply"
+    else:
+        distinct = len(set(counts.values()))
+        if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
+            spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
+        bins = make_bins(counts, spec)
+        per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks, bootstrap=bs)
+        clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
+        cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks, bootstrap=bs)[clut.label]
     overall = recall_block(*ranks, cpi, bs)
 
     curve = []
@@ -203,6 +210,7 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
         "bins": per_bin,
         "n_unbinned": n_img - sum(b["n_images"] for b in per_bin.values()),
         "cluttered": cluttered,
+        "clutter_note": clutter_note,
         "overall": overall,
         "distractors": curve,
         "matrix_reused": reused,
@@ -243,7 +251,8 @@ def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:
     """
     p = result["protocol"]
     rows = {f"{p}/clutter/{sanitize(label)}": row for label, row in result["bins"].items()}
-    rows[f"{p}/clutter/cluttered"] = result["cluttered"]
+    if result["cluttered"] is not None:  # None: no instances, no clutter bins
+        rows[f"{p}/clutter/cluttered"] = result["cluttered"]
     rows[f"{p}/clutter/all"] = {**result["overall"], "n_images": result["n_images"]}
     rows.update({f"{p}/distractors/{row['n_extra']}": row for row in result["distractors"]})
     flat = {f"{key}/n_images": float(row["n_images"]) for key, row in rows.items() if key.startswith(f"{p}/clutter/")}
