@@ -12,7 +12,8 @@ queries q (words for t2i, regions for i2t) attending over the other modality's i
 Published defaults: t2i uses lambda_softmax 9 with LSE (lambda_lse 6); i2t uses lambda_softmax 4
 with AVG. Batched without materialising attended vectors: q . a_q = sum_c alpha_qc s_qc and
 |a_q|^2 = alpha_q^T G alpha_q with G the Gram matrix of the context items, so every block holds
-[n_img, n_txt, R, L] tensors only, and blocks are capped at `sim_chunk_elems` entries.
+[n_context_items, C, n_query_items, Q] tensors only (the score GEMM's own layout), and blocks are
+capped at `sim_chunk_elems` entries.
 """
 from __future__ import annotations
 
@@ -63,31 +64,32 @@ class SCAN(RetrievalModel):
         return {"words": words, "w_mask": length_mask(lengths.clamp(min=1).to(words.device), tokens.shape[1])}
 
     # ------------------------------------------------------------------------------------- similarity
-    def _attend(self, s: torch.Tensor, q_mask: torch.Tensor, c_mask: torch.Tensor, gram: torch.Tensor,
-                q_dim: int) -> torch.Tensor:
-        """Relevance R_q for a block. s [ci, ct, R, L]; q_dim = 3 (words query) or 2 (regions query).
+    def _attend(self, s: torch.Tensor, q_mask: torch.Tensor, c_mask: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        """Relevance R_q of every query for a block laid out [Bc, C, Bq, Q] -> [Bc, Bq, Q].
 
-        q_mask / c_mask broadcast against s; gram [.., c, c] is the context Gram matrix, laid out so
-        that `gram @ alpha` (over the context axis) broadcasts. Returns R [ci, ct, n_queries].
+        Bc items own the C contexts (gram [Bc, C, C] is their Gram matrix), Bq items own the Q queries;
+        q_mask [Bq, Q], c_mask [Bc, C]. This layout is the score GEMM's own output, so nothing is
+        permuted, and |a_q|^2 = alpha_q^T G alpha_q is one batched matmul over the context owners.
         """
-        c_dim = 2 if q_dim == 3 else 3
-        a = s
+        bc, c, bq, q = s.shape
+        # torch.where, not masked_fill: one pass over the block instead of a copy plus a fill
         if self.attn_norm == "clipped_l2norm":
-            a = F.leaky_relu(a, 0.1).masked_fill(~q_mask, 0)
-            # clamp inside the sqrt: an all-zero column (a padded context) would give 0 * inf = NaN grads
-            a = a / (a.pow(2).sum(dim=q_dim, keepdim=True).clamp(min=_EPS ** 3).sqrt() + _EPS)
-        logits = (self.lambda_softmax * a).masked_fill(~c_mask, _neg_fill(a))
-        alpha = torch.softmax(logits, dim=c_dim)  # zero at padded contexts
-        dot = (alpha * s).sum(dim=c_dim)  # q . a_q (queries are unit vectors)
-        if q_dim == 3:  # contexts = regions: |a_l|^2 = sum_rs alpha_rl G_rs alpha_sl
-            g_alpha = torch.einsum("irs,itsl->itrl", gram, alpha)
-        else:  # contexts = words: |a_r|^2 = sum_lm alpha_rl H_lm alpha_rm
-            g_alpha = torch.einsum("tlm,itrm->itrl", gram, alpha)
-        sq_norm = (alpha * g_alpha).sum(dim=c_dim)
+            a = torch.where(q_mask[None, None], F.leaky_relu(s, 0.1), 0.0)
+            # clamp inside the sqrt: an all-zero row (a padded context) would give 0 * inf = NaN grads;
+            # lambda_softmax rides on the [Bc, C, 1, 1] normaliser instead of a pass over the block
+            scale = self.lambda_softmax / (a.pow(2).sum(dim=3, keepdim=True).clamp(min=_EPS ** 3).sqrt() + _EPS)
+            logits = a * scale
+        else:
+            logits = self.lambda_softmax * s
+        logits = torch.where(c_mask[:, :, None, None], logits, _neg_fill(logits))
+        alpha = torch.softmax(logits, dim=1)  # over the contexts; zero at padded ones
+        dot = (alpha * s).sum(dim=1)  # q . a_q (queries are unit vectors)
+        g_alpha = torch.bmm(gram, alpha.reshape(bc, c, bq * q)).view(bc, c, bq, q)
+        sq_norm = (alpha * g_alpha).sum(dim=1)
         return dot / sq_norm.clamp(min=_EPS ** 2).sqrt().clamp(min=_EPS)
 
     def _aggregate(self, rel: torch.Tensor, q_valid: torch.Tensor) -> torch.Tensor:
-        """rel [ci, ct, Q], q_valid broadcastable bool -> [ci, ct]."""
+        """rel [Bc, Bq, Q], q_valid broadcastable bool -> [Bc, Bq]."""
         if self.agg == "lse":
             z = (self.lambda_lse * rel).masked_fill(~q_valid, _neg_fill(rel))
             return torch.logsumexp(z, dim=-1) / self.lambda_lse
@@ -95,17 +97,17 @@ class SCAN(RetrievalModel):
         return (rel * w).sum(-1) / w.sum(-1).clamp(min=1)
 
     def _block(self, v, vm, gv, w, wm, gw) -> torch.Tensor:
-        ci, r, d = v.shape
-        ct, l, _ = w.shape
-        s = (v.reshape(ci * r, d) @ w.reshape(ct * l, d).T).view(ci, r, ct, l)
-        s = s.permute(0, 2, 1, 3).contiguous()  # [ci, ct, R, L]
-        vm4 = vm[:, None, :, None]
-        wm4 = wm[None, :, None, :]
-        if self.direction == "t2i":  # words attend to regions
-            rel = self._attend(s, wm4, vm4, gv, q_dim=3)  # [ci, ct, L]
-            return self._aggregate(rel, wm[None, :, :])
-        rel = self._attend(s, vm4, wm4, gw, q_dim=2)  # [ci, ct, R]
-        return self._aggregate(rel, vm[:, None, :])
+        """Scores [n_img, n_txt] of one block: t2i = words attend to regions, i2t = regions attend to words."""
+        if self.direction == "t2i":  # contexts = regions (owned by images), queries = words
+            ctx, c_mask, gram, qry, q_mask = v, vm, gv, w, wm
+        else:  # contexts = words (owned by captions), queries = regions
+            ctx, c_mask, gram, qry, q_mask = w, wm, gw, v, vm
+        bc, c, d = ctx.shape
+        bq, q, _ = qry.shape
+        s = (ctx.reshape(bc * c, d) @ qry.reshape(bq * q, d).T).view(bc, c, bq, q)
+        rel = self._attend(s, q_mask, c_mask, gram)
+        scores = self._aggregate(rel, q_mask[None])  # [Bc, Bq]
+        return scores if self.direction == "t2i" else scores.T
 
     def similarity(self, img: Encoded, txt: Encoded) -> torch.Tensor:
         v, vm = img["regions"], img["mask"]
