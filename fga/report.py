@@ -676,6 +676,7 @@ def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, qu
 def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
     """Read the runs, write every table and figure (replacing both directories as a whole, so nothing stale
     survives), and log them as artifacts of a `report` run per dataset."""
+    from fga.evaluate.stats import bootstrap_options
     from fga.tracking import log_run, reconcile, runs_frame
 
     datasets = cfg["grid"]["datasets"]
@@ -695,7 +696,7 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
     tables_dir = Path(cfg["report"]["tables_dir"])
     figures_dir = Path(cfg["report"]["figures_dir"])
     with atomic_dir(tables_dir) as out:
-        confidence = float(cfg.get("evaluate", {}).get("bootstrap", {}).get("confidence", 0.95))
+        confidence = bootstrap_options(cfg)["confidence"]
         summary = main_table(runs, out, missing, confidence)
         ablation_table(cfg, every_run, summarise(every_run), out, quiet)
         qbnorm_table(runs, out, quiet)

@@ -37,7 +37,7 @@ from fga.evaluate.hubness import qb_norm_both
 from fga.evaluate.recall import (COCO_FOLD_IMAGES, PROTOCOLS, _ranks, evaluate_protocol, mean_metrics,
                                  metrics_from_ranks)
 from fga.evaluate.similarity import matrix_path, plan_blocks, save_matrix, similarity_matrix
-from fga.evaluate.stats import bootstrap_ci
+from fga.evaluate.stats import bootstrap_ci, bootstrap_options
 from fga.features.extract import feature_hash
 from fga.features.text import split_captions
 from fga.io import atomic_path, read_json, write_json
@@ -297,15 +297,14 @@ def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed
         bank_info = {"split": "train", "n_images": bank["n_images"], "n_captions": bank["n_captions"],
                      "beta": float(qb["beta"]), "k": int(qb["k"]), "mode": qb["mode"], "seed": int(qb.get("seed", 0))}
 
-    bs = ec["bootstrap"]
+    bs = bootstrap_options(cfg)
     blocks: dict[str, dict[str, Any]] = {}
     ranks: dict[str, np.ndarray] = {}
     for p in names:
         block = evaluate_protocol(sim, p, cpi, TIES)
         i2t, t2i = protocol_ranks(sim, p, cpi)
         ranks[f"{p}_i2t"], ranks[f"{p}_t2i"] = i2t, t2i
-        block["ci"] = bootstrap_ci(i2t, t2i, cpi, n_resamples=int(bs["n_resamples"]),
-                                   confidence=float(bs["confidence"]), seed=int(bs["seed"]))
+        block["ci"] = bootstrap_ci(i2t, t2i, cpi, **bs)
         if bank_info is not None:
             block["qbnorm"], (q_i2t, q_t2i) = qbnorm_protocol(sim, bank_t2i, bank_i2t, p, cpi, qb)
             ranks[f"qbnorm_{p}_i2t"], ranks[f"qbnorm_{p}_t2i"] = q_i2t, q_t2i
