@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install dry-run run-slurm slurm-up lint bench clean-outputs
+.PHONY: run test install dry-run run-slurm slurm-up lint bench clean-outputs pull screenshots
 
 install: $(STAMP)
 
@@ -15,9 +15,30 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# local run: workflow/profiles/default (all cores, rerun on changed params/code/inputs); add flags via SNAKEMAKE_ARGS
+# local run: workflow/profiles/default (all cores, rerun on changed params/code/inputs); add flags via SNAKEMAKE_ARGS.
+# Its last step records the outputs in DVC (cache + dvc.lock: `fga dvc-record`, the Snakefile's onsuccess).
 run: $(STAMP)
+	@$(clear_stale_lock)
 	snakemake --profile workflow/profiles/default $(SNAKEMAKE_ARGS)
+
+# A killed Snakemake leaves .snakemake/locks behind and the next run stops with a LockException. Clear the lock
+# when no Snakemake process of this checkout is alive; otherwise say in one line what is running and stop.
+# ([b]in/snakemake matches the running Snakemake's command line but not this recipe's own shell.)
+define clear_stale_lock
+if [ -n "$$(ls -A .snakemake/locks 2>/dev/null)" ]; then \
+  pids=$$(for p in $$(pgrep -f '[b]in/snakemake'); do [ "$$(readlink /proc/$$p/cwd 2>/dev/null)" = "$(CURDIR)" ] && echo $$p; done); \
+  if [ -n "$$pids" ]; then echo "make: Snakemake is already running in this checkout (pid $$(echo $$pids)); wait for it or stop it first"; exit 1; fi; \
+  echo "make: clearing the stale Snakemake lock of a run that was killed (no Snakemake of this checkout is alive)"; \
+  snakemake --unlock --quiet >/dev/null; \
+fi
+endef
+
+# a colleague's recorded run: `dvc pull` brings the outputs of the committed dvc.lock; `snakemake --touch
+# --forceall` then stamps them in the DAG's order and writes Snakemake's metadata (no job runs), so a
+# `snakemake -n` and a `dvc status` both find nothing to do
+pull: $(STAMP)
+	dvc pull --quiet $(DVC_ARGS)
+	snakemake --profile workflow/profiles/default --touch --forceall --quiet rules
 
 dry-run: $(STAMP)
 	snakemake -n --cores all
@@ -38,6 +59,10 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	python -m pytest -q $(PYTEST_ARGS)
+
+# refresh the README's MLflow UI screenshot (reports/mlflow_ui.png); plain test runs leave it untouched
+screenshots: $(STAMP)
+	FGA_UPDATE_SCREENSHOTS=1 python -m pytest -q tests/test_mlflow_ui.py
 
 clean-outputs:
 	rm -rf data features runs results logs benchmarks/logs mlruns.db mlruns.db.lock mlartifacts reports/tables reports/figures .snakemake

@@ -29,4 +29,13 @@ rule all:
     default_target: True
     input:
         rules.report.output,
-        main_runs(f"results/{RUN}/robustness.json"),
+        main_runs(f"{RESULTS}/{RUN}/robustness.json"),
+
+
+# A successful run of the default target (incl. `--touch`) is complete and current: record it in DVC (cache +
+# dvc.lock) so `dvc status` agrees and `dvc push` carries it (fga/versioning.py). The record copies into the
+# cache and leaves the files as they are, so Snakemake's mtimes survive. A run of other targets records
+# nothing (part of the grid may be stale), nor does a run with nothing to do.
+onsuccess:
+    if {job.rule.name for job in workflow.dag.targetjobs} == {"all"}:
+        shell(f"{FGA} dvc-record {COMMON}")

@@ -4,7 +4,7 @@ Each method is trained and evaluated with the same params and seed on the CPU (t
 the GPU in fp32, bf16 autocast and fp16 autocast + GradScaler; bf16 runs twice to show the GPU's
 run-to-run spread (CUDA's index/scatter backward kernels are not bitwise deterministic). Prints the
 wall time of every train and evaluate call, the test rSum and its difference from the CPU run: the
-GPU tolerance the README documents. `--finetune-epochs N` adds finetune mode (images in, the timm
+GPU tolerance docs/reproducibility.md documents. `--finetune-epochs N` adds finetune mode (images in, the timm
 backbone trained at 0.1x lr) for the first method on the GPU.
 
     python benchmarks/bench_device.py [--dataset synthetic] [--backbone lite0_roi] \
@@ -48,7 +48,7 @@ def train_and_evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method:
     meta = train(cfg, dataset, backbone, method, seed, run_dir, quiet=True)
     _synchronize()
     t1 = time.perf_counter()
-    metrics = evaluate(cfg, dataset, backbone, method, seed, run_dir / "checkpoint.pt", quiet=True)
+    metrics = evaluate(cfg, dataset, backbone, method, seed, run_dir / "checkpoint.safetensors", quiet=True)
     _synchronize()
     t2 = time.perf_counter()
     return {"train_s": t1 - t0, "eval_s": t2 - t1, "rsum": metrics["rsum"], "val_rsum": meta["best"]["rsum"],

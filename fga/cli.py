@@ -34,8 +34,11 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def run_dir(root: str, a: argparse.Namespace) -> Path:
-    return Path(root) / a.dataset / a.backbone / a.method / f"seed{a.seed}"
+def run_dir(cfg: dict[str, Any], kind: str, a: argparse.Namespace) -> Path:
+    """The run's directory under the params' experiment's `kind` root ("runs" or "results", fga/paths.py)."""
+    from fga.paths import output_roots
+
+    return Path(getattr(output_roots(cfg), kind)) / a.dataset / a.backbone / a.method / f"seed{a.seed}"
 
 
 def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
@@ -43,7 +46,7 @@ def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     if a.dataset == "synthetic":
         from fga.data.synthetic import generate
 
-        generate(out, progress=not a.quiet, **cfg["data"]["synthetic"])
+        generate(out, progress=not a.quiet, dry_run=a.dry_run, **cfg["data"]["synthetic"])
     else:
         from fga.data.prepare import prepare
 
@@ -64,12 +67,12 @@ def cmd_features_text_encode(cfg: dict[str, Any], a: argparse.Namespace) -> None
 
 
 def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
-    from fga.features.extract import extract
+    from fga.features.build import build_features
 
     data_dir = Path("data") / a.dataset
     if not (data_dir / "dataset.json").exists():
         raise UserError(f"{data_dir / 'dataset.json'} not found; run `fga data prepare --dataset {a.dataset}` first")
-    extract(cfg, a.dataset, a.backbone, data_dir, Path("features") / a.dataset / a.backbone, quiet=a.quiet)
+    build_features(cfg, a.dataset, a.backbone, data_dir, Path("features") / a.dataset / a.backbone, quiet=a.quiet)
 
 
 def _key(a: argparse.Namespace, stage: str) -> dict[str, Any]:
@@ -77,7 +80,7 @@ def _key(a: argparse.Namespace, stage: str) -> dict[str, Any]:
 
 
 def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
-    from fga.train import run_hash
+    from fga.runs import run_hash
 
     return {"params_hash": run_hash(cfg, a.dataset, a.backbone, a.method, a.seed),
             "data_hash": file_hash(Path("data") / a.dataset / "dataset.json")}
@@ -85,9 +88,10 @@ def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
 
 def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.tracking import log_run
+    from fga.tracking_params import resolved_run_params
     from fga.train import train
 
-    meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a), quiet=a.quiet)
+    meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir(cfg, "runs", a), quiet=a.quiet)
     if meta.get("rank", 0) != 0:
         return  # under torchrun only rank 0 logs the run
     steps: dict[str, list[tuple[int, float]]] = {}
@@ -95,22 +99,26 @@ def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
         for k, v in row.items():
             if k != "epoch":
                 steps.setdefault(k, []).append((row["epoch"], v))
-    log_run(cfg, _key(a, "train"), params={"train": cfg["train"], "method": cfg["methods"].get(a.method, {})},
+    log_run(cfg, _key(a, "train"), params=resolved_run_params(cfg, a.backbone, a.method),
             metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"]},
             step_metrics=steps, tags=_provenance(cfg, a))
 
 
 def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.config import evaluation_section
     from fga.evaluate.run import evaluate, mlflow_metrics
     from fga.io import write_json
     from fga.tracking import log_run
+    from fga.tracking_params import resolved_run_params
 
-    out_dir = run_dir("results", a)
-    metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt",
+    out_dir = run_dir(cfg, "results", a)
+    metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir(cfg, "runs", a) / "checkpoint.safetensors",
                        quiet=a.quiet, out_dir=out_dir)
     out = out_dir / "metrics.json"
     write_json(out, metrics)  # last: its presence means ranks.npz (and the matrix) are complete
-    log_run(cfg, _key(a, "evaluate"), params={"evaluate": cfg["evaluate"]}, metrics=mlflow_metrics(metrics),
+    log_run(cfg, _key(a, "evaluate"),
+            params={**resolved_run_params(cfg, a.backbone, a.method), "evaluate": evaluation_section(cfg, a.dataset)},
+            metrics=mlflow_metrics(metrics),
             tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
                   "split": metrics["split"], "weights_source": metrics["weights_source"]},
             artifacts=[out, out_dir / "ranks.npz", out_dir / "attention.json"])
@@ -132,9 +140,9 @@ def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.io import write_json
     from fga.tracking import log_run
 
-    out_dir = run_dir("results", a)
-    result = robustness(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir("runs", a) / "checkpoint.pt",
-                        quiet=a.quiet, results_dir=out_dir)
+    out_dir = run_dir(cfg, "results", a)
+    checkpoint = run_dir(cfg, "runs", a) / "checkpoint.safetensors"
+    result = robustness(cfg, a.dataset, a.backbone, a.method, a.seed, checkpoint, quiet=a.quiet, results_dir=out_dir)
     out = out_dir / "robustness.json"
     write_json(out, result)
     log_run(cfg, _key(a, "robustness"), params={"robustness": cfg.get("robustness", {})},
@@ -144,9 +152,37 @@ def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def cmd_report(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    if a.compare is not None:
+        from fga.report.compare import experiment_names, write_comparison
+
+        write_comparison(cfg, experiment_names(a.compare), quiet=a.quiet)
+        return
     from fga.report import write_report
 
+    if a.from_files:
+        cfg = {**cfg, "report": {**cfg["report"], "source": "files"}}
     write_report(cfg, quiet=a.quiet)
+
+
+def cmd_dvc_record(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.versioning import record_in_dvc
+
+    if a.overrides:
+        raise UserError("fga dvc-record takes no --set: it records outputs made with the params file as it is")
+    print(record_in_dvc(Path(a.params)))
+
+
+def _add_report(verbs: Any) -> None:
+    p = verbs.add_parser("report", help="MLflow runs -> reports/tables and reports/figures "
+                                        "(experiment <name>: reports/<name>/tables and figures)")
+    p.add_argument("--compare", metavar="EXP,EXP[,...]",
+                   help="instead: the main table of each listed experiment side by side, with the rSum "
+                        "difference to the first -> reports/compare/")
+    p.add_argument("--from-files", action="store_true",
+                   help="read the DVC-tracked results/ files instead of MLflow (= --set report.source=files); "
+                        "logs no report run")
+    _common(p)
+    p.set_defaults(func=cmd_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     p = data.add_parser("prepare", help="download/generate a dataset into data/<dataset>/")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--dry-run", action="store_true", help="print what would be downloaded, fetch nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what would be downloaded or generated; fetch and write nothing")
     _common(p)
     p.set_defaults(func=cmd_data_prepare)
 
@@ -175,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_features_text_encode)
 
-    for verb, func, help_ in [("train", cmd_train, "train one run -> runs/.../checkpoint.pt"),
+    for verb, func, help_ in [("train", cmd_train, "train one run -> runs/.../checkpoint.safetensors"),
                               ("evaluate", cmd_evaluate, "recall of one run -> results/.../metrics.json")]:
         p = verbs.add_parser(verb, help=help_)
         _run_args(p)
@@ -196,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backbone", help="also extract the features of this backbone")
     _common(q)
 
-    p = verbs.add_parser("report", help="MLflow runs -> reports/tables and reports/figures")
+    _add_report(verbs)
+
+    p = verbs.add_parser("dvc-record", help="record the outputs in DVC's cache and dvc.lock (the end of `make run`)")
     _common(p)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_dvc_record)
     return parser
 
 

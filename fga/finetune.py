@@ -1,6 +1,6 @@
 """Fine-tune mode: images and captions in, the timm backbone trained inside the training graph.
 
-This module only supplies a *region source* for `fga.train`'s one loop: an object that turns a
+This module supplies a *region source* for `fga.train`'s one loop: an object that turns a
 batch of image indices into regions [b, R, D] + mask [b, R], exactly like the frozen store
 (`fga.train.StoreRegions`) does, but by running the backbone with gradients:
 
@@ -11,13 +11,15 @@ batch of image indices into regions [b, R, D] + mask [b, R], exactly like the fr
   `RegionExtractor.patch_tokens` (ViT/Swin: CLS first where there is one, then the patch tokens),
   without their `no_grad` (tests/test_train.py checks that eval-mode outputs equal the extractor's).
 - `ImageSplit` reads one split's images (and instance boxes), and augments them for training the
-  way LAPS/AVSE do (GRM.md §2): RandomResizedCrop(input size, scale `train.crop_scale`, bicubic)
+  way LAPS/AVSE do (docs/grm.md §2): RandomResizedCrop(input size, scale `train.crop_scale`, bicubic)
   + horizontal flip, boxes transformed with the image (torchvision.transforms.v2); evaluation
   images are plainly resized to input size x input size. Each augmentation is drawn from its
   own seed (given by the training loop per caption slot, from (seed, epoch, step)), so batches
   are identical whatever the number of DDP ranks or loader workers, and a resumed run replays them.
 - `BackboneRegions` = backbone + split: `load` (CPU, may run in DataLoader workers) and
   `forward` (on the device, with gradients).
+- `finetuned_regions` / `finetuned_inputs`: the regions of a split (or of any images) through a
+  finetune checkpoint's backbone, unaugmented and in eval mode (what `fga evaluate` scores).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fga.errors import UserError
+from fga.inputs import SplitInputs, caption_inputs, paths
 
 FULL_IMAGE = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
 
@@ -230,20 +233,35 @@ def finetune_sources(cfg: dict[str, Any], dataset: str, backbone: str,
     return net, sources
 
 
-def finetuned_inputs(cfg: dict[str, Any], dataset: str, backbone: str, split: str, state: dict[str, Any],
-                     device: torch.device, batch_size: int = 64):
-    """A split's `SplitInputs` with regions from a finetune checkpoint's backbone (`state["region_source"]`).
+def finetuned_regions(cfg: dict[str, Any], backbone: str, region_state: dict[str, Any], data_dir: Path,
+                      images: list[dict[str, Any]], device: torch.device,
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Regions of `images` (dataset.json entries of `data_dir`) through a finetune checkpoint's backbone.
 
-    What `fga evaluate` needs for a checkpoint whose `meta["mode"]` is "finetune" (the store holds the
-    features of the *frozen* backbone, not of the fine-tuned one).
+    What `fga evaluate` needs for a run of `train.mode: finetune`: the store holds the features of
+    the *frozen* backbone, not of the fine-tuned one. `region_state` is the checkpoint's `region_source`.
     """
-    from fga.train import caption_inputs
-
-    net, sources = finetune_sources(cfg, dataset, backbone, splits=(split,))
-    source = sources[split]
-    source.load_state_dict(state["region_source"])
+    if not region_state:
+        raise UserError("train.mode = finetune but the checkpoint holds no backbone weights; re-run `fga train`")
+    spec = cfg["features"]["backbones"][backbone]
+    net = FinetuneBackbone(spec, name=backbone)
+    source = BackboneRegions(net, ImageSplit(data_dir, images, net.data_config,
+                                             box_spec=spec if net.regions == "boxes" else None, max_boxes=net.n_regions))
+    source.load_state_dict(region_state)
     source.to(device)
     regions, mask = source.all_regions(device, batch_size)
-    return caption_inputs(cfg, dataset, backbone, split, regions, mask,
-                          {"weights_source": f"finetuned from {net.weights_source}", "region_source": net.regions,
-                           "mode": "finetune"})
+    attrs = {"backbone": backbone, "weights_source": f"finetuned:{net.weights_source}", "mode": "finetune"}
+    return regions, mask, attrs
+
+
+def finetuned_inputs(cfg: dict[str, Any], dataset: str, backbone: str, split: str, state: dict[str, Any],
+                     device: torch.device, batch_size: int = 64) -> SplitInputs:
+    """A split's `SplitInputs` with regions from a finetune checkpoint's backbone (`state["region_source"]`)."""
+    from fga.data import split_images
+    from fga.io import read_json
+
+    dataset_json = paths(dataset, backbone)["dataset_json"]
+    images = split_images(read_json(dataset_json, "dataset.json"), split)
+    regions, mask, attrs = finetuned_regions(cfg, backbone, state.get("region_source") or {}, dataset_json.parent,
+                                             images, device, batch_size)
+    return caption_inputs(cfg, dataset, backbone, split, regions, mask, attrs)

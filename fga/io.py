@@ -10,15 +10,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows: os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error delete it.
 
-    Readers therefore see either the old file or the complete new one, never a partial write.
+    Readers therefore see either the old file or the complete new one, never a partial write. The file gets
+    the mode a plain open() would give it (0o666 minus the umask), not mkstemp's private 0o600, so colleagues
+    on a shared filesystem can read the results.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,10 +47,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside `path`; on success it replaces `path` as a whole."""
+    """Yield a temp directory beside `path` (mode 0o777 minus the umask); on success it replaces `path` as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0o700 would hide the directory from colleagues
     try:
         yield tmp
         if path.exists():

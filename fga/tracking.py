@@ -1,8 +1,22 @@
 """MLflow: one run per run key, tagged for provenance; re-logging a key replaces, never duplicates.
 
-Run key = (dataset, backbone, method, seed, stage); one experiment per dataset (``fga-<dataset>``).
-Seeds hang under a parent run per (dataset, backbone, method) (tag ``mlflow.parentRunId``), so the
-MLflow UI groups them; the parent carries ``stage = "group"``, which no reader of results asks for.
+Run key = (dataset, backbone, method, seed, stage, experiment); ``experiment`` is the params key of that
+name ("default" when absent), so experiments sit side by side and rerunning one never replaces another's
+runs. One MLflow experiment per (dataset, experiment): ``fga-<dataset>`` for "default" (the name stores
+made before experiments existed use; their runs, without an ``experiment`` tag, count as "default"),
+``fga-<dataset>-<experiment>`` otherwise.
+Seeds hang under a parent run per (dataset, backbone, method, experiment) (tag ``mlflow.parentRunId``),
+so the MLflow UI groups them; the parent carries ``stage = "group"``, which no reader of results asks
+for, and the mean and std over its seeds of the headline evaluate metrics (fga.tracking_aggregates).
+
+Each run also carries what the MLflow UI reads: its dataset as a dataset input (name, digest = the
+``data_hash`` tag, context = the split, else the stage) and the source tags (``mlflow.source.*``).
+
+Artifacts. MLflow stores an experiment's artifact location as an absolute URI, even when
+``tracking.artifact_root`` is relative. So an experiment also records the project root it was created
+in (tag ``fga.project_root``), and the reading functions here (:func:`list_artifacts`,
+:func:`download_artifact`) read a ``file://`` location under that root from the current project root
+when the recorded one is gone: a moved or copied checkout keeps serving its artifacts.
 
 Concurrency. Many Snakemake/Slurm jobs log at once, to a sqlite file or to an ``mlflow server``:
 
@@ -32,8 +46,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from fga.tracking_artifacts import legacy_project_root, readable_artifact_uri
+from fga.tracking_aggregates import AGGREGATED_STAGE, newest_finished_per_seed, seed_aggregates
+from fga.tracking_params import param_batches
+
 KEY_TAGS = ("dataset", "backbone", "method", "seed", "stage")
 GROUP_TAGS = ("dataset", "backbone", "method")
+EXPERIMENT_TAG = "experiment"  # part of the run key; absent (runs logged before it existed) = DEFAULT_EXPERIMENT
+DEFAULT_EXPERIMENT = "default"
+PROJECT_ROOT_TAG = "fga.project_root"
 PARENT_STAGE = "group"
 PARENT_TAG = "mlflow.parentRunId"
 STAGES_WITHOUT_PARENT = ("report",)
@@ -50,15 +71,21 @@ def git_commit() -> str:
         return "unknown"
 
 
-def experiment_name(dataset: str) -> str:
-    return f"fga-{dataset}"
+def experiment_of(cfg: dict[str, Any]) -> str:
+    """The params key `experiment` (schema: a safe name), "default" when absent."""
+    return str(cfg.get("experiment") or DEFAULT_EXPERIMENT)
+
+
+def experiment_name(dataset: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """The MLflow experiment of a dataset's runs in one fga experiment."""
+    return f"fga-{dataset}" if experiment == DEFAULT_EXPERIMENT else f"fga-{dataset}-{experiment}"
 
 
 def variant_of(cfg: dict[str, Any], method: str) -> str:
     """The `variant` tag: the architecture an ablation variant switches parts of (`arch:`), else "base"."""
-    from fga.models.registry import declared_arch
+    from fga.models.registry import arch_name
 
-    return declared_arch(cfg, method) or "base"
+    return arch_name(cfg, method, default="base")
 
 
 SERVER_SCHEMES = ("http://", "https://", "postgresql", "mysql", "mssql", "databricks")
@@ -93,17 +120,17 @@ def _client(cfg: dict[str, Any]):
     return mlflow.MlflowClient()
 
 
-def _experiment_id(client, cfg: dict[str, Any], dataset: str) -> str:
-    """Get or create the dataset's experiment; two writers creating it at once both end up with the same id."""
+def _experiment_id(client, cfg: dict[str, Any], name: str) -> str:
+    """Get or create the named experiment; two writers creating it at once both end up with the same id."""
     from mlflow.exceptions import MlflowException
 
-    name = experiment_name(dataset)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         root = cfg["tracking"].get("artifact_root")
         location = (Path(root).resolve() / name).as_uri() if root else None
+        tags = {**EXPERIMENT_TAGS, PROJECT_ROOT_TAG: Path.cwd().resolve().as_uri()}
         try:
-            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+            return client.create_experiment(name, artifact_location=location, tags=tags)
         except MlflowException as exc:  # a concurrent writer created it first
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -118,6 +145,19 @@ def _experiment_id(client, cfg: dict[str, Any], dataset: str) -> str:
 
 def _filter(tags: dict[str, str]) -> str:
     return " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+
+
+def _experiment_tag(run) -> str:
+    return run.data.tags.get(EXPERIMENT_TAG, DEFAULT_EXPERIMENT)
+
+
+def _search_keyed(client, exp_id: str, tags: dict[str, str], extra: str = "") -> list:
+    """Active runs whose tags equal `tags` (and match the filter `extra`). The experiment tag is compared
+    here, not in MLflow's filter: runs logged before it existed lack it and belong to "default"."""
+    experiment = tags.get(EXPERIMENT_TAG)
+    filter_string = " and ".join(f for f in (_filter({k: v for k, v in tags.items() if k != EXPERIMENT_TAG}), extra) if f)
+    runs = _search_all(client, exp_id, filter_string)
+    return runs if experiment is None else [r for r in runs if _experiment_tag(r) == experiment]
 
 
 def _search_all(client, exp_id: str, filter_string: str) -> list:
@@ -148,13 +188,13 @@ def _delete_quietly(client, run_ids: Iterable[str]) -> None:
 
 def _dedupe_key(client, exp_id: str, key: dict[str, str]) -> str | None:
     """Keep only the newest run of `key` (of those visible now); return its id."""
-    runs = sorted(_search_all(client, exp_id, _filter(key)), key=_order)
+    runs = sorted(_search_keyed(client, exp_id, key), key=_order)
     _delete_quietly(client, [r.info.run_id for r in runs[:-1]])
     return runs[-1].info.run_id if runs else None
 
 
 def _parents(client, exp_id: str, group: dict[str, str]) -> list:
-    return sorted(_search_all(client, exp_id, _filter({**group, "stage": PARENT_STAGE})), key=_order)
+    return sorted(_search_keyed(client, exp_id, {**group, "stage": PARENT_STAGE}), key=_order)
 
 
 def _ensure_parent(client, exp_id: str, group: dict[str, str], variant: str) -> str:
@@ -188,7 +228,7 @@ def _settle_parents(client, exp_id: str, group: dict[str, str]) -> str | None:
     if not parents:
         return None
     keep = parents[0].info.run_id
-    for child in _search_all(client, exp_id, _filter(group) + f" and tags.stage != '{PARENT_STAGE}'"):
+    for child in _search_keyed(client, exp_id, group, f"tags.stage != '{PARENT_STAGE}'"):
         if child.data.tags.get(PARENT_TAG) != keep:
             client.set_tag(child.info.run_id, PARENT_TAG, keep)
     _delete_quietly(client, [p.info.run_id for p in parents[1:]])
@@ -212,50 +252,95 @@ def log_run(
     artifacts: list[Any] | None = None,
     checkpoint: Path | str | None = None,
 ) -> str:
-    """Log one complete run for `key`, then drop every older run with the same key.
+    """Log one complete run for `key` (+ the params' ``experiment``), then drop every older run with that key.
 
-    params: logged as MLflow params (flattened) and as the artifact ``params.yaml`` (the resolved
-    config the stage ran with). artifacts: paths (files or directories), or ``(path, artifact_dir)``
-    pairs. checkpoint: logged under ``checkpoint/`` only when ``tracking.log_checkpoints`` is true.
-    Stages other than ``report`` hang under their (dataset, backbone, method) parent run.
+    params: logged as MLflow params (flattened to ``section.key``, values cut to MLflow's length limit)
+    and as the artifact ``params.yaml`` (the resolved config the stage ran with). artifacts: paths (files or
+    directories), or ``(path, artifact_dir)`` pairs. checkpoint: logged under ``checkpoint/`` only when ``tracking.log_checkpoints`` is true.
+    Stages other than ``report`` hang under their (dataset, backbone, method, experiment) parent run; an
+    evaluate run also refreshes the parent's seed aggregates. tags: ``data_hash`` (and ``split``) also make
+    the run's dataset input.
     Returns the id of the run that holds the key afterwards (a newer concurrent writer's, if it won).
     """
-    key = {k: str(key[k]) for k in KEY_TAGS}
-    group = {k: key[k] for k in GROUP_TAGS}
+    key = {**{k: str(key[k]) for k in KEY_TAGS}, EXPERIMENT_TAG: experiment_of(cfg)}
+    group = {k: key[k] for k in (*GROUP_TAGS, EXPERIMENT_TAG)}
     variant = variant_of(cfg, key["method"])
     grouped = key["stage"] not in STAGES_WITHOUT_PARENT
+    if grouped:
+        name = f"{key['backbone']}/{key['method']}/seed{key['seed']}/{key['stage']}"
+    else:
+        name = key["stage"] if key["backbone"] == "all" else "/".join(key[k] for k in KEY_TAGS[1:])
+    all_tags = {**key, "variant": variant, **_source_tags(key["stage"]), **(tags or {})}
     with _store_lock(cfg):
         client = _client(cfg)
-        exp_id = _experiment_id(client, cfg, key["dataset"])
-        parent_id = _ensure_parent(client, exp_id, group, variant) if grouped else None
+        exp_id = _experiment_id(client, cfg, experiment_name(key["dataset"], key[EXPERIMENT_TAG]))
         if grouped:
-            name = f"{key['backbone']}/{key['method']}/seed{key['seed']}/{key['stage']}"
-        else:
-            name = key["stage"] if key["backbone"] == "all" else "/".join(key[k] for k in KEY_TAGS[1:])
-        all_tags = {**key, "variant": variant, "git_commit": git_commit(), **(tags or {})}
-        if parent_id:
-            all_tags[PARENT_TAG] = parent_id
+            all_tags[PARENT_TAG] = _ensure_parent(client, exp_id, group, variant)
         run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
         with _unless_deleted_meanwhile(client, run_id):  # by a newer writer of the key that finished first
-            _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint)
+            _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint,
+                      _dataset_inputs(key, all_tags))
         survivor = _dedupe_key(client, exp_id, key)
         if grouped:
-            _settle_parents(client, exp_id, group)
+            parent_id = _settle_parents(client, exp_id, group) or all_tags[PARENT_TAG]
+            if key["stage"] == AGGREGATED_STAGE:
+                _log_seed_aggregates(client, exp_id, group, parent_id)
     return survivor or run_id
 
 
-def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_metrics, artifacts, checkpoint) -> None:
-    """Log params, metrics, artifacts (and the checkpoint when asked) into a created run, then end it."""
-    from mlflow.entities import Metric, Param
+def _source_tags(stage: str) -> dict[str, str]:
+    """Provenance tags: fga's own ``git_commit`` and the system tags the MLflow UI shows (source, commit)."""
+    commit = git_commit()
+    tags = {"git_commit": commit, "mlflow.source.name": f"fga {stage}", "mlflow.source.type": "LOCAL"}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _dataset_inputs(key: dict[str, str], tags: dict[str, str]) -> list:
+    """The run's dataset as an MLflow dataset input (the runs list's Dataset column): name = the dataset,
+    digest = the run's ``data_hash`` tag, context = its split (evaluate, robustness), else its stage.
+    Nothing for runs without a data hash (the report's)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    digest = tags.get("data_hash")
+    if not digest:
+        return []
+    source = json.dumps({"uri": f"data/{key['dataset']}/dataset.json"})  # the data contract's file, project-relative
+    dataset = Dataset(name=key["dataset"], digest=digest, source_type="local", source=source)
+    return [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, tags.get("split") or key["stage"])])]
+
+
+def _log_seed_aggregates(client, exp_id: str, group: dict[str, str], parent_id: str) -> None:
+    """(Re)compute the parent's seed aggregates from the group's evaluate runs visible now. Stamped with the
+    time the search starts: each writer searches after its run finished, so the latest-stamped aggregate has
+    seen every finished seed run, and MLflow shows the latest-stamped value whichever log lands last."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    seed_runs = newest_finished_per_seed(_search_keyed(client, exp_id, {**group, "stage": AGGREGATED_STAGE}))
+    rows = [Metric(name, value, now, 0) for name, value in seed_aggregates(seed_runs).items()]
+    with _unless_deleted_meanwhile(client, parent_id):  # a concurrent writer kept an older parent
+        client.log_batch(parent_id, metrics=rows)
+
+
+def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_metrics, artifacts, checkpoint,
+              dataset_inputs: list) -> None:
+    """Log params, metrics, dataset inputs, artifacts (and the checkpoint when asked) into a created run, then end it."""
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metric_rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
     for series_name, series in (step_metrics or {}).items():
         metric_rows += [Metric(series_name, float(v), now, int(step)) for step, v in series]
-    param_rows = [Param(k, str(v)[:6000]) for k, v in _flatten(params or {}).items()]
-    for i in range(0, len(param_rows), 100):  # MLflow's per-call limits: 100 params, 1000 metrics
-        client.log_batch(run_id, params=param_rows[i : i + 100])
-    for i in range(0, len(metric_rows), 1000):
+    for batch in param_batches(params or {}):
+        client.log_batch(run_id, params=batch)
+    if dataset_inputs:
+        _log_inputs(client, run_id, dataset_inputs)
+    for i in range(0, len(metric_rows), 1000):  # MLflow's per-call limit: 1000 metrics
         client.log_batch(run_id, metrics=metric_rows[i : i + 1000])
     if params:
         client.log_dict(run_id, params, "params.yaml")
@@ -269,67 +354,93 @@ def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_me
     client.set_terminated(run_id)
 
 
+def _log_inputs(client, run_id: str, dataset_inputs: list) -> None:
+    """log_inputs, once more when the first try lost the race of registering the same dataset (its name and
+    digest are unique per experiment; a store checks, then inserts)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_inputs(run_id, datasets=dataset_inputs)
+    except MlflowException:
+        client.log_inputs(run_id, datasets=dataset_inputs)
+
+
 def reconcile(cfg: dict[str, Any], datasets: list[str]) -> int:
-    """Repair what concurrent writers may leave behind: one run per key, one parent per group, children
-    pointing at it. Safe to run any time; ``fga report`` runs it. Returns the number of groups checked."""
+    """Repair what concurrent writers may leave behind in the params' experiment: one run per key, one parent
+    per group, children pointing at it, the parent's seed aggregates up to date. Safe to run any time;
+    ``fga report`` runs it. Returns the number of groups checked."""
     n = 0
+    experiment = experiment_of(cfg)
     with _store_lock(cfg):
         client = _client(cfg)
         for dataset in datasets:
-            exp = client.get_experiment_by_name(experiment_name(dataset))
+            exp = client.get_experiment_by_name(experiment_name(dataset, experiment))
             if exp is None:
                 continue
-            runs = [r for r in _search_all(client, exp.experiment_id, "")
-                    if all(k in r.data.tags for k in KEY_TAGS)]  # fga's own runs (not parents, not foreign)
+            runs = [r for r in _search_all(client, exp.experiment_id, "")  # fga's own runs (not parents, not foreign)
+                    if all(k in r.data.tags for k in KEY_TAGS) and _experiment_tag(r) == experiment]
             for values in {tuple(r.data.tags[k] for k in KEY_TAGS) for r in runs}:
-                _dedupe_key(client, exp.experiment_id, dict(zip(KEY_TAGS, values)))
+                _dedupe_key(client, exp.experiment_id, {**dict(zip(KEY_TAGS, values)), EXPERIMENT_TAG: experiment})
             groups = {tuple(r.data.tags[k] for k in GROUP_TAGS) for r in runs
                       if r.data.tags["stage"] not in STAGES_WITHOUT_PARENT}
             for values in groups:
-                group = dict(zip(GROUP_TAGS, values))
+                group = {**dict(zip(GROUP_TAGS, values)), EXPERIMENT_TAG: experiment}
                 if not _parents(client, exp.experiment_id, group):
                     _ensure_parent(client, exp.experiment_id, group, variant_of(cfg, group["method"]))
-                _settle_parents(client, exp.experiment_id, group)
+                parent_id = _settle_parents(client, exp.experiment_id, group)
+                if parent_id:
+                    _log_seed_aggregates(client, exp.experiment_id, group, parent_id)
                 n += 1
     return n
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, name + "."))
-        else:
-            out[name] = v
-    return out
-
-
 def runs_frame(cfg: dict[str, Any], datasets: list[str], stage: str):
-    """Every active run of `stage` in the datasets' experiments, as a pandas DataFrame (mlflow.search_runs)."""
+    """Every active run of `stage` of the params' experiment in the datasets' MLflow experiments, as a pandas
+    DataFrame (mlflow.search_runs)."""
     import mlflow
     import pandas as pd
 
+    experiment = experiment_of(cfg)
     with _store_lock(cfg):
         client = _client(cfg)
-        names = [experiment_name(d) for d in datasets if client.get_experiment_by_name(experiment_name(d))]
+        names = [experiment_name(d, experiment) for d in datasets
+                 if client.get_experiment_by_name(experiment_name(d, experiment))]
         if not names:
             return pd.DataFrame()
-        return mlflow.search_runs(experiment_names=names, filter_string=f"tags.stage = '{stage}'", output_format="pandas")
+        frame = mlflow.search_runs(experiment_names=names, filter_string=f"tags.stage = '{stage}'", output_format="pandas")
+    column = f"tags.{EXPERIMENT_TAG}"
+    if column in frame.columns:
+        frame = frame[frame[column].fillna(DEFAULT_EXPERIMENT) == experiment].reset_index(drop=True)
+    return frame
 
 
 def list_artifacts(cfg: dict[str, Any], run_id: str, path: str | None = None) -> list[str]:
     """Artifact paths (files, recursively) of a run, relative to its artifact root."""
-    client = _client(cfg)
-    out: list[str] = []
-    for info in client.list_artifacts(run_id, path):
-        out.extend(list_artifacts(cfg, run_id, info.path) if info.is_dir else [info.path])
-    return out
+    repo = _artifact_repository(cfg, run_id)
+
+    def walk(under: str | None) -> list[str]:
+        out: list[str] = []
+        for info in repo.list_artifacts(under):
+            out.extend(walk(info.path) if info.is_dir else [info.path])
+        return out
+
+    return walk(path)
 
 
 def download_artifact(cfg: dict[str, Any], run_id: str, path: str, dst: Path) -> Path:
     """Download one artifact of a run into directory `dst`; returns the local path."""
-    import mlflow
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return Path(_artifact_repository(cfg, run_id).download_artifacts(path, dst_path=str(dst)))
 
-    _client(cfg)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+def _artifact_repository(cfg: dict[str, Any], run_id: str):
+    """The run's artifact repository, at the location :func:`readable_artifact_uri` reads it from."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = _client(cfg)
+    run = client.get_run(run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    recorded_root = exp.tags.get(PROJECT_ROOT_TAG) or legacy_project_root(
+        cfg["tracking"].get("artifact_root"), exp.name, exp.artifact_location)
+    uri = readable_artifact_uri(run.info.artifact_uri, recorded_root, Path.cwd().resolve().as_uri())
+    return get_artifact_repository(uri, tracking_uri=cfg["tracking"]["uri"])

@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from fga.data.synthetic import generate
-from fga.features.extract import feature_hash
-from fga.features.store import StoreWriter
+from fga.features.store import StoreWriter, feature_hash
 from fga.features.text import build_vocab_file
 from fga.io import read_json
 

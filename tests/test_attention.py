@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
+from fga.encoding import encode_split
 from fga.errors import UserError
 from fga.evaluate.attention import (TEMPERATURE, attention_record, grm_maps, n_maps, region_word_tensors,
                                     token_label, _box_categories)
-from fga.evaluate.encode import encode_split, load_split
 from fga.features.text import load_vocab, split_captions, tokenize
+from fga.inputs import load_split
 from fga.io import read_json
 from fga.models.grm import GRM
 from fga.models.scan import SCAN

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from fga.encoding import encode_images, encode_split, encode_texts
 from fga.errors import UserError
-from fga.evaluate.encode import (caps_per_image, encode_images, encode_split, encode_texts, load_split, store_rows)
 from fga.evaluate.run import query_bank
-from fga.features.extract import feature_hash
-from fga.features.store import read_store
+from fga.features.store import feature_hash, read_store
+from fga.inputs import caps_per_image, load_split, store_rows
 from fga.io import read_json
 from fga.models.grm import GRM
 from store_fixtures import write_random_project

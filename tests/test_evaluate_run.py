@@ -89,7 +89,7 @@ def in_project(project, monkeypatch):
 def test_metrics_have_cis_qbnorm_and_consistent_ranks(in_project):
     root, cfg = in_project
     out = run_path(root, "results")
-    m = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt", quiet=True, out_dir=out)
+    m = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors", quiet=True, out_dir=out)
     assert m["protocol"] == "full" and list(m["protocols"]) == ["full"] and m["n_images"] == 12
     # CIs contain their point estimates
     for d in ("i2t", "t2i"):
@@ -118,13 +118,13 @@ def test_metrics_have_cis_qbnorm_and_consistent_ranks(in_project):
     r_i2t, r_t2i = query_ranks(sim, 5)
     assert np.array_equal(r_i2t, i2t) and np.array_equal(r_t2i, t2i)
     # deterministic: same config, same numbers
-    m2 = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt", quiet=True)
+    m2 = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors", quiet=True)
     assert m2["ci"] == m["ci"] and m2["qbnorm"] == m["qbnorm"] and "matrix" not in m2
 
 
 def test_block_sizes_do_not_change_the_numbers(in_project):
     root, cfg = in_project
-    ckpt = run_path(root, "runs") / "checkpoint.pt"
+    ckpt = run_path(root, "runs") / "checkpoint.safetensors"
     base = evaluate(cfg, DS, BK, METHOD, SEED, ckpt, quiet=True)
     small = {**cfg, "evaluate": {**cfg["evaluate"], "block_images": 5, "block_captions": 7}}
     other = evaluate(small, DS, BK, METHOD, SEED, ckpt, quiet=True)
@@ -135,7 +135,7 @@ def test_block_sizes_do_not_change_the_numbers(in_project):
 
 def test_mlflow_contract_keys(in_project):
     root, cfg = in_project
-    m = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt", quiet=True)
+    m = evaluate(cfg, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors", quiet=True)
     flat = mlflow_metrics(m)
     for name in MLFLOW_NAMES:
         assert flat[f"full/{name}"] == pytest.approx(m["rsum"] if name == "rsum" else
@@ -150,12 +150,12 @@ def test_protocol_list_and_qbnorm_off(in_project):
     root, cfg = in_project
     ec = {**cfg["evaluate"], "protocol": ["full", "full"], "qbnorm": {"enabled": False}}
     assert protocols(settings({"evaluate": ec})) == ["full"]
-    m = evaluate({**cfg, "evaluate": ec}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt", quiet=True)
+    m = evaluate({**cfg, "evaluate": ec}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors", quiet=True)
     assert m["qbnorm_bank"] is None and "qbnorm" not in m
     assert not any(k.startswith("qbnorm/") for k in mlflow_metrics(m))
     with pytest.raises(UserError, match="coco5k"):  # COCO protocols need the 5,000-image test split
         evaluate({**cfg, "evaluate": {**ec, "protocol": ["full", "coco5k"]}}, DS, BK, METHOD, SEED,
-                 run_path(root, "runs") / "checkpoint.pt", quiet=True)
+                 run_path(root, "runs") / "checkpoint.safetensors", quiet=True)
 
 
 def test_coco_protocols_on_a_5000_image_matrix():
@@ -210,3 +210,20 @@ def pd_isna(x) -> bool:
     import pandas as pd
 
     return bool(pd.isna(x))
+
+
+def test_weights_digest_depends_on_the_weights_only():
+    """The saved matrix's `checkpoint` entry in metrics.json: the same weights give the same digest, whatever
+    wall times the checkpoint's history recorded (issue 19: no wall-clock value reaches a results file)."""
+    import torch
+
+    from fga.evaluate.run import weights_digest
+
+    w = {"a.weight": torch.arange(6.0).reshape(2, 3), "b": torch.tensor(1.0)}
+    first = {"model": w, "region_source": {}, "meta": {"history": [{"epoch": 0, "seconds": 1.52}]}}
+    rerun = {"model": dict(w), "meta": {"history": [{"epoch": 0, "seconds": 9.07}]}}
+    assert weights_digest(first) == weights_digest(rerun) and len(weights_digest(first)) == 16
+    assert weights_digest({"model": {**w, "b": torch.tensor(2.0)}}) != weights_digest(first)
+    assert weights_digest({"model": {**w, "b": torch.tensor(1.0, dtype=torch.float64)}}) != weights_digest(first)
+    assert weights_digest({"model": w, "region_source": {"x": torch.zeros(1, dtype=torch.bfloat16)}}) != \
+        weights_digest(first)

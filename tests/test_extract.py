@@ -19,8 +19,8 @@ from fga.data import split_images
 from fga.data.synthetic import generate
 from fga.errors import UserError
 from fga.features import extract as extract_mod
-from fga.features.extract import extract, feature_hash
-from fga.features.store import data_hash, read_store
+from fga.features.extract import extract
+from fga.features.store import data_hash, feature_hash, read_store
 from fga.features.visual import RegionExtractor
 from fga.io import read_json
 

@@ -303,3 +303,90 @@ def test_closed_form_sampling_variance(opts):
     ratio = (emp / expected)[valid]
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.03)
     assert (ratio - 1).abs().max().item() < 0.25
+
+
+def test_new_regularisers_enter_the_loss_with_their_weights():
+    batch = make_batch(b=5, seed=2)
+    pos = torch.eye(5, dtype=torch.bool)
+    model = build(ent_form="mi", lambda_div=0.5).train()
+    torch.manual_seed(0)
+    img, txt = encode(model, batch)
+    loss, logs = model.training_loss(img, txt, pos, 1)
+    assert set(logs) == {"ori", "key", "unc", "recon", "kl", "ent", "div", "total"}
+    assert logs["div"] > 0 and 0 <= logs["ent"] <= 5  # 5 images, each in [0, 1]
+    expected = (0.4 * logs["ori"] + 0.4 * logs["key"] + 0.2 * logs["unc"] + logs["recon"] + 0.01 * logs["kl"]
+                + 0.1 * logs["ent"] + 0.5 * logs["div"])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the diversity term is the mean off-diagonal cosine of each image's region means
+    unit = torch.nn.functional.normalize(img["mu"], dim=-1)
+    k = unit.shape[1]
+    cos = (unit @ unit.transpose(1, 2)).sum((1, 2)) - k
+    assert logs["div"] == pytest.approx((cos / (k * (k - 1))).sum().item(), rel=1e-5)
+    assert build(lambda_div=0.5, use_reg=False).lambda_div == 0.0  # part of L_reg
+    no_rp = build(lambda_div=0.5, use_region_prompt=False).train()
+    _, logs = no_rp.training_loss(*encode(no_rp, batch), pos, 1)
+    assert logs["div"] == 0.0  # token regions are not prompt regions
+    with pytest.raises(ValueError):
+        build(ent_form="nope")
+
+
+def test_kl_reduction_sum_is_k_times_d_the_mean():
+    batch = make_batch(b=4, seed=1)
+    pos = torch.eye(4, dtype=torch.bool)
+    kls = {}
+    for reduction in ("mean", "sum"):
+        model = build(kl_reduction=reduction).train()
+        torch.manual_seed(0)
+        _, logs = model.training_loss(*encode(model, batch), pos, 1)
+        kls[reduction] = logs["kl"]
+    assert kls["sum"] == pytest.approx(3 * 16 * kls["mean"], rel=1e-5)  # K = 3, d = 16
+    with pytest.raises(ValueError):
+        build(kl_reduction="max")
+
+
+def test_sigma_max_bounds_sigma():
+    model = build(sigma_max=0.25).train()
+    with torch.no_grad():
+        model.um.phi.weight.mul_(100)  # a variance head pushed far up still stays under the bound
+        model.um.phi.bias.fill_(50)
+    img = model.encode_image(*make_batch(b=4)[:2])
+    sigma = (0.5 * img["logvar"]).exp()
+    assert sigma.max().item() <= 0.25 + 1e-6 and sigma.min().item() > 0
+    img["logvar"].sum().backward()
+    assert model.um.phi.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        build(sigma_max=0.0)
+
+
+@pytest.mark.parametrize("sigma_max", [None, 0.5])
+def test_logvar_init_starts_every_region_there(sigma_max):
+    model = build(logvar_init=-4.0, sigma_max=sigma_max, var_head="mlp").train()
+    img = model.encode_image(*make_batch(b=4)[:2])
+    assert torch.allclose(img["logvar"], torch.full_like(img["logvar"], -4.0), atol=1e-5)
+    model.training_loss(img, model.encode_text(*make_batch(b=4)[2:]), torch.eye(4, dtype=torch.bool), 1)[0].backward()
+    assert model.um.phi[-1].weight.grad.abs().sum() > 0  # it can move away from the start
+    with pytest.raises(ValueError):
+        build(logvar_init=0.0, sigma_max=0.5)  # sigma 1 is above the bound
+
+
+def test_default_options_change_nothing():
+    """The new options at their defaults build the same parameters and the same loss as before them."""
+    batch = make_batch(b=4, seed=3)
+    explicit = build(kl_reduction="mean", sigma_max=None, logvar_init=None, lambda_div=0.0, ent_form="usage")
+    default = build()
+    assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), default.state_dict().values()))
+    losses = []
+    for model in (explicit, default):
+        torch.manual_seed(0)
+        loss, logs = model.train().training_loss(*encode(model, batch), torch.eye(4, dtype=torch.bool), 1)
+        losses.append(loss.item())
+        assert "div" not in logs
+    assert losses[0] == losses[1]
+
+
+def test_gradient_reaches_every_parameter_with_new_options():
+    model = build(ent_form="mi", lambda_div=0.1, kl_reduction="sum", sigma_max=0.5, logvar_init=-2.0).train()
+    loss, _ = model.training_loss(*encode(model, make_batch(b=6, seed=1)), torch.eye(6, dtype=torch.bool), epoch=0)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

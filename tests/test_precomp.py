@@ -10,8 +10,8 @@ from fga.config import load_params
 from fga.data import precomp
 from fga.errors import UserError
 from fga.features import store as store_mod
-from fga.features.extract import extract, feature_hash
-from fga.features.store import read_store
+from fga.features.build import build_features
+from fga.features.store import feature_hash, read_store
 from fga.io import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def test_npy_layout_ingested_streamed_and_chunked(cfg, tmp_path, monkeypatch):
     real_load, real_write = np.load, store_mod.StoreWriter.write
     monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(k.get("mmap_mode")) or real_load(*a, **k))
     monkeypatch.setattr(store_mod.StoreWriter, "write", lambda self, start, *a: writes.append(start) or real_write(self, start, *a))
-    extract(cfg, "coco_precomp", "butd", data, out, quiet=True)
+    build_features(cfg, "coco_precomp", "butd", data, out, quiet=True)
     assert loads and set(loads) == {"r"}  # every read memory-mapped
     assert writes == [0, 2, 0, 0]  # chunks of features.batch_size rows: train 3 -> 2 chunks, val 2, test 2
 
@@ -75,13 +75,13 @@ def test_npy_layout_ingested_streamed_and_chunked(cfg, tmp_path, monkeypatch):
 
 
 def test_precomp_store_feeds_the_rest_of_the_pipeline(cfg, tmp_path, monkeypatch):
-    from fga.evaluate.encode import load_split
+    from fga.inputs import load_split
     from fga.features.text import build_vocab_file
 
     monkeypatch.chdir(tmp_path)
     data = Path("data/f30k_precomp")
     feats = make_npy_layout(data)
-    extract(cfg, "f30k_precomp", "butd", data, Path("features/f30k_precomp/butd"), splits=("test",), quiet=True)
+    build_features(cfg, "f30k_precomp", "butd", data, Path("features/f30k_precomp/butd"), splits=("test",), quiet=True)
     build_vocab_file(data / "dataset.json", Path("features/f30k_precomp/vocab.json"), 1)
     split = load_split(cfg, "f30k_precomp", "butd", "test")
     assert split.n_images == 2 and split.tokens.shape[0] == 10
@@ -140,7 +140,7 @@ def test_tsv_rows_streamed_in_dataset_order_with_masks(tmp_path):
     cfg = load_params(ROOT / "params.yaml", ["features.batch_size=2", "features.precomp.butd.format=tsv",
                                              f"features.precomp.butd.tsv={json.dumps(paths)}"])
     out = tmp_path / "features" / "coco" / "butd"
-    extract(cfg, "coco", "butd", data, out, quiet=True)
+    build_features(cfg, "coco", "butd", data, out, quiet=True)
     s = read_store(out / "train.h5", expect_hash=feature_hash(cfg, "coco", "butd"))
     assert s.regions.shape == (2, 6, D) and s.image_id.tolist() == [100, 101]  # R = most boxes in the TSV
     for i, image_id in enumerate([100, 101]):
@@ -156,7 +156,7 @@ def test_tsv_rows_streamed_in_dataset_order_with_masks(tmp_path):
     capped = load_params(ROOT / "params.yaml", ["features.precomp.butd.format=tsv", "features.precomp.butd.max_regions=3",
                                                 f"features.precomp.butd.tsv={json.dumps(paths)}"])
     assert feature_hash(capped, "coco", "butd") != feature_hash(cfg, "coco", "butd")
-    extract(capped, "coco", "butd", data, out, splits=("train",), quiet=True)
+    build_features(capped, "coco", "butd", data, out, splits=("train",), quiet=True)
     s = read_store(out / "train.h5")
     assert s.regions.shape == (2, 3, D) and s.mask.sum(1).tolist() == [2, 3]
 
@@ -165,7 +165,7 @@ def test_tsv_missing_images_listed(tmp_path):
     data, paths, _ = make_tsv(tmp_path)
     cfg = load_params(ROOT / "params.yaml", ["features.precomp.butd.format=tsv", f"features.precomp.butd.tsv={paths[0]}"])
     with pytest.raises(UserError, match=r"no rows for 1 train image\(s\) of dataset.json \(ids 101\)"):
-        extract(cfg, "coco", "butd", data, tmp_path / "out", quiet=True)
+        build_features(cfg, "coco", "butd", data, tmp_path / "out", quiet=True)
     cfg = load_params(ROOT / "params.yaml", ["features.precomp.butd.format=tsv"])
     with pytest.raises(UserError, match=r"features\.precomp\.butd\.tsv is not set"):
-        extract(cfg, "coco", "butd", data, tmp_path / "out", quiet=True)
+        build_features(cfg, "coco", "butd", data, tmp_path / "out", quiet=True)

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from fga.errors import UserError
-from fga.report import COLUMNS, PAPER_GRM_RSUM, write_report
+from fga.report import write_report
+from fga.report.paper import PAPER_GRM_RSUM
+from fga.report.runs import COLUMNS
 from fga.tracking import experiment_name, log_run
 
 SEEDS = (0, 1, 2)

@@ -14,8 +14,8 @@ from fga.evaluate.robustness_run import (bin_spec, distractor_cfg, distractor_na
                                          mlflow_metrics, robustness, settings)
 from fga.evaluate.run import evaluate
 from fga.evaluate.stats import bootstrap_ci, bootstrap_options
-from fga.features.extract import feature_hash
-from fga.evaluate.encode import store_rows
+from fga.features.store import feature_hash
+from fga.inputs import store_rows
 
 from test_evaluate_run import BK, DS, METHOD, SEED, in_project, project, run_path  # noqa: F401  (fixtures)
 
@@ -70,7 +70,7 @@ def test_distractor_sets_and_features(with_distractors, monkeypatch):
 def test_bins_cluttered_and_curve(with_distractors, monkeypatch):
     root, cfg = with_distractors
     monkeypatch.chdir(root)
-    ckpt = run_path(root, "runs") / "checkpoint.pt"
+    ckpt = run_path(root, "runs") / "checkpoint.safetensors"
     res = robustness(cfg, DS, BK, METHOD, SEED, ckpt, quiet=True)
     assert res["protocol"] == "full" and res["n_images"] == 12
     assert sum(b["n_images"] for b in res["bins"].values()) == 12 and res["n_unbinned"] == 0
@@ -122,7 +122,7 @@ def test_bins_cluttered_and_curve(with_distractors, monkeypatch):
 def test_saved_matrix_is_reused(with_distractors, monkeypatch):
     root, cfg = with_distractors
     monkeypatch.chdir(root)
-    ckpt = run_path(root, "runs") / "checkpoint.pt"
+    ckpt = run_path(root, "runs") / "checkpoint.safetensors"
     out = root / "reuse"
     m = evaluate(cfg, DS, BK, METHOD, SEED, ckpt, quiet=True, out_dir=out)
     (out / "metrics.json").write_text(json.dumps(m))
@@ -176,7 +176,7 @@ def test_equal_count_falls_back_to_the_distinct_levels(with_distractors, monkeyp
     root, cfg = with_distractors
     monkeypatch.chdir(root)
     rc = {**cfg["robustness"], "bins": {"equal_count": 50}, "distractors": []}
-    res = robustness({**cfg, "robustness": rc}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt",
+    res = robustness({**cfg, "robustness": rc}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors",
                      quiet=True)
     distinct = len(set(clutter_counts(root / "data" / DS / "instances.json")[i] for i in
                        [im["id"] for im in json.loads((root / "data" / DS / "dataset.json").read_text())["images"]
@@ -194,7 +194,7 @@ def test_no_instances_means_no_clutter_bins(with_distractors, monkeypatch):
     path.write_text(json.dumps({**json.loads(original), "annotations": []}))
     try:
         rc = {**cfg["robustness"], "distractors": []}
-        res = robustness({**cfg, "robustness": rc}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.pt",
+        res = robustness({**cfg, "robustness": rc}, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors",
                          quiet=True)
     finally:
         path.write_text(original)

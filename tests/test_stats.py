@@ -7,7 +7,8 @@ from scipy import stats as sps
 
 from fga.errors import UserError
 from fga.evaluate.recall import RECALL_KEYS, metrics_from_ranks
-from fga.evaluate.stats import bootstrap_ci, bootstrap_options, mean_std, paired_test
+from fga.evaluate.stats import (BOOTSTRAP_DEFAULTS, bootstrap_ci, bootstrap_options, mean_std, over_seeds,
+                               paired_test, paired_tests_over_seeds)
 
 CPI = 5
 
@@ -165,3 +166,38 @@ def test_bootstrap_options_from_params():
     assert opts == {"n_resamples": 50, "confidence": 0.95, "seed": 7}
     a, b = _method(30, 0, 0.6), _method(30, 1, 0.3)
     assert bootstrap_ci(*a, **opts)["n_resamples"] == 50 and paired_test(a, b, **opts)["n_resamples"] == 50
+
+
+def test_bootstrap_options_are_owned_by_stats_not_the_evaluate_stage():
+    """The options come from the params here: importing stats leaves the evaluate stage (and torch) unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fga.evaluate.stats import bootstrap_options; "
+            "assert bootstrap_options({'evaluate': {'bootstrap': {'confidence': 0.9}}})['confidence'] == 0.9; "
+            "print(sorted(m for m in ('fga.evaluate.run', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from fga.evaluate.run import settings
+
+    assert settings({})["bootstrap"] == BOOTSTRAP_DEFAULTS  # the stage's defaults are stats' own
+
+
+def test_over_seeds_mean_sample_std_and_seed_count():
+    import pandas as pd
+
+    runs = pd.DataFrame({"method": ["a", "a", "a", "b"], "rsum": [1.0, 2.0, 6.0, 5.0], "lo": [0.0, 1.0, 2.0, 4.0]})
+    out = over_seeds(runs, ["method"], ["rsum"], mean_only=["lo"])
+    assert list(out.columns) == ["rsum_mean", "rsum_std", "lo_mean", "seeds"]
+    assert out.loc["a"].tolist() == pytest.approx([3.0, np.std([1.0, 2.0, 6.0], ddof=1), 1.0, 3])
+    assert out.loc["b"].tolist() == [5.0, 0.0, 4.0, 1]  # one seed: std 0, not NaN
+
+
+def test_paired_tests_over_seeds_mean_delta_and_largest_p():
+    import pandas as pd
+
+    per_seed = pd.DataFrame({"cell": ["x", "x", "y"], "seed": ["0", "1", "0"], "delta_rsum": [4.0, 2.0, 9.0],
+                             "p_value": [0.01, 0.04, 0.001], "n_images": [100] * 3, "n_resamples": [500] * 3})
+    out = paired_tests_over_seeds(per_seed, ["cell"])
+    assert out.to_dict("records") == [{"cell": "x", "delta_rsum": 3.0, "p_value": 0.04, "n_images": 100,
+                                       "n_resamples": 500, "seed": "all"}]  # y has one seed: nothing to combine

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -330,3 +331,57 @@ def test_user_errors(ds, tmp_path):
     with pytest.raises(UserError):
         synthetic.clutter_counts(tmp_path / "missing.json")
     assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- `fga data prepare --dry-run` (issue 21)
+
+TINY_SET = ["data.synthetic.n_train=3", "data.synthetic.n_val=2", "data.synthetic.n_test=2",
+            "data.synthetic.image_size=32", "data.synthetic.max_objects=3"]
+
+
+def _prepare_cli(project: Path, *extra: str, sets: list[str] = TINY_SET) -> int:
+    from fga.cli import main
+
+    args = ["data", "prepare", "--dataset", "synthetic", "--quiet", "--params", str(project / "params.yaml")]
+    return main(args + [a for s in sets for a in ("--set", s)] + list(extra))
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime in ns) of `root` and everything below it."""
+    paths = [root, *root.rglob("*")]
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in paths}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty project: the repository's params.yaml only, as the working directory."""
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_dry_run_on_a_prepared_dataset_changes_nothing(project, capsys):
+    assert _prepare_cli(project) == 0
+    data = project / "data"
+    for path in [data, *data.rglob("*")]:  # old mtimes: any rewrite, even within a second, shows
+        os.utime(path, ns=(1_000_000_000 * 10**9, 1_000_000_000 * 10**9), follow_symlinks=False)
+    before = _tree_state(data)
+    capsys.readouterr()
+    assert _prepare_cli(project, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "[dry-run] synthetic: would generate 7 images (train 3, val 2, test 2; 32x32 px) into data/synthetic" in out
+    assert "is up to date" in out and "nothing was written" in out
+    assert _tree_state(data) == before
+    assert _prepare_cli(project, "--dry-run", sets=TINY_SET + ["data.synthetic.n_test=3"]) == 0
+    assert "dataset.json differs from these params" in capsys.readouterr().out
+    (data / "synthetic" / "images" / "000006.png").unlink()
+    before = _tree_state(data)
+    assert _prepare_cli(project, "--dry-run") == 0
+    assert "lacks 1 of the 7 images" in capsys.readouterr().out
+    assert _tree_state(data) == before
+
+
+def test_dry_run_on_an_empty_project_creates_nothing(project, capsys):
+    assert _prepare_cli(project, "--dry-run") == 0
+    assert "data/synthetic does not exist, a real run would create it" in capsys.readouterr().out
+    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]

@@ -1,4 +1,5 @@
-"""The training loop: determinism, exact resume after SIGKILL, checkpoint safety, DDP, finetune mode.
+"""The training loop: determinism (identical checkpoint bytes), exact resume after SIGKILL, checkpoint safety, DDP,
+finetune mode.
 
 Every test builds a tiny project in tmp_path: a real synthetic dataset (fga.data.synthetic), its
 vocabulary, and random region features written with StoreWriter under the right params hash
@@ -21,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+from fga.checkpoint import load_checkpoint
 from fga.data.synthetic import generate
-from fga.features.text import build_vocab_file
 from fga.errors import UserError
+from fga.features.text import build_vocab_file
 from store_fixtures import write_random_project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,26 +115,6 @@ def child_env(**extra: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_perturb_tokens_rate_order_and_padding():
-    from fga.train import perturb_tokens
-
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(1, 30, (400,), generator=gen)
-    tokens = torch.randint(2, 50, (400, 30), generator=gen) * (torch.arange(30) < lengths[:, None])
-    out, new_len = perturb_tokens(tokens, lengths, 0.2, 50, torch.Generator().manual_seed(1))
-    again, _ = perturb_tokens(tokens, lengths, 0.2, 50, torch.Generator().manual_seed(1))
-    assert torch.equal(out, again)
-    assert (new_len >= 1).all() and (new_len <= lengths).all()
-    pos = torch.arange(30)[None, :]
-    assert ((out > 0) == (pos < new_len[:, None])).all()  # real tokens first, then padding
-    assert ((out >= 1) & (out < 50) | (out == 0)).all()
-    dropped = (lengths - new_len).sum().item() / lengths.sum().item()
-    unk = (out == 1).sum().item() / lengths.sum().item()
-    assert 0.04 < dropped < 0.1 and 0.04 < unk < 0.1  # each about 0.2 / 3
-    same, same_len = perturb_tokens(tokens, lengths, 0.0, 50, torch.Generator().manual_seed(1))
-    assert torch.equal(same, tokens) and torch.equal(same_len, lengths)
-
-
 def test_same_seed_same_metrics_and_weights(project):
     from fga.train import train
 
@@ -141,9 +123,17 @@ def test_same_seed_same_metrics_and_weights(project):
     b = train(cfg, DS, BK, "grm", 3, project / "b", quiet=True)
     assert [r["val_rsum"] for r in a["history"]] == [r["val_rsum"] for r in b["history"]]
     assert [r["loss_total"] for r in a["history"]] == [r["loss_total"] for r in b["history"]]
-    ca = torch.load(project / "a" / "checkpoint.pt", weights_only=True)
-    cb = torch.load(project / "b" / "checkpoint.pt", weights_only=True)
+    ca = load_checkpoint(project / "a" / "checkpoint.safetensors")
+    cb = load_checkpoint(project / "b" / "checkpoint.safetensors")
     assert tensors_equal(ca["model"], cb["model"]) and ca["region_source"] == {}
+    # the pipeline output is byte for byte reproducible (DVC can match dvc.lock): no wall-clock times in it,
+    # while the returned history (what MLflow logs) keeps them
+    assert (project / "a" / "checkpoint.safetensors").read_bytes() == (project / "b" / "checkpoint.safetensors").read_bytes()
+    assert all("seconds" in r and "samples_per_s" in r for r in a["history"])
+    assert ca["meta"]["history"] == [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
+                                     for r in a["history"]]
+    assert ca["meta"]["run_hash"] == a["run_hash"] and ca["meta"]["best"] == a["best"]
+    assert ca["meta"]["params"]["key"] == [DS, BK, "grm", 3]
     c = train(cfg, DS, BK, "grm", 4, project / "c", quiet=True)
     assert [r["loss_total"] for r in c["history"]] != [r["loss_total"] for r in a["history"]]
 
@@ -169,20 +159,19 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(project, capsys):
     finally:
         cut.send_signal(signal.SIGKILL)
         cut.wait()
-    assert not (cut_dir / "checkpoint.pt").exists()
+    assert not (cut_dir / "checkpoint.safetensors").exists()
 
     capsys.readouterr()
     resumed = train(cfg, DS, BK, "grm", 0, cut_dir, quiet=False)
     assert f"resuming {cut_dir} at epoch 1" in capsys.readouterr().out
     assert len(resumed["history"]) == 3
-    for name in ("last.pt", "checkpoint.pt"):
-        a = torch.load(project / "whole" / name, weights_only=True)
-        b = torch.load(cut_dir / name, weights_only=True)
-        assert tensors_equal(a["model"], b["model"]), name
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (project / "whole", cut_dir))
+    assert tensors_equal(a["model"], b["model"])
+    assert (project / "whole" / "checkpoint.safetensors").read_bytes() == (cut_dir / "checkpoint.safetensors").read_bytes()
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in h]  # noqa: E731
     assert strip(whole["history"]) == strip(resumed["history"]) and whole["best"] == resumed["best"]
-    m_whole = evaluate(cfg, DS, BK, "grm", 0, project / "whole" / "checkpoint.pt", quiet=True)
-    m_cut = evaluate(cfg, DS, BK, "grm", 0, cut_dir / "checkpoint.pt", quiet=True)
+    m_whole = evaluate(cfg, DS, BK, "grm", 0, project / "whole" / "checkpoint.safetensors", quiet=True)
+    m_cut = evaluate(cfg, DS, BK, "grm", 0, cut_dir / "checkpoint.safetensors", quiet=True)
     assert m_whole == m_cut
 
 
@@ -206,6 +195,21 @@ def test_bad_last_checkpoint_is_one_line_error_and_kept(project, damage):
         train(cfg, DS, BK, "vse_mean", 0, run_dir, quiet=True)
     assert "\n" not in str(err.value) and str(last) in str(err.value)
     assert last.read_bytes() == before
+
+
+def test_finished_run_rewrites_its_checkpoint_from_last_pt(project, capsys):
+    """A finished run whose checkpoint is gone (e.g. renamed outputs) gets the same file back without training."""
+    from fga.train import train
+
+    cfg = tiny_cfg(epochs=1)
+    run_dir = project / "run"
+    first = train(cfg, DS, BK, "vse_mean", 0, run_dir, quiet=True)
+    written = (run_dir / "checkpoint.safetensors").read_bytes()
+    (run_dir / "checkpoint.safetensors").unlink()
+    capsys.readouterr()
+    again = train(cfg, DS, BK, "vse_mean", 0, run_dir, quiet=False)
+    assert "epoch 0:" not in capsys.readouterr().out  # no epoch trained or validated
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == written and again["history"] == first["history"]
 
 
 def free_port() -> int:
@@ -264,14 +268,15 @@ def finetune_project(tmp_path: Path, monkeypatch) -> dict:
 @pytest.mark.parametrize("backbone", ["tiny_grid", "tiny_roi", "tiny_vit"])
 def test_finetune_trains_the_backbone(tmp_path, monkeypatch, backbone):
     from fga.finetune import FinetuneBackbone
-    from fga.train import seed_everything, train
+    from fga.rng import seed_everything
+    from fga.train import train
 
     cfg = finetune_project(tmp_path, monkeypatch)
     spec = cfg["features"]["backbones"][backbone]
     meta = train(cfg, DS, backbone, "vse_mean", 0, tmp_path / "run", quiet=True)
     assert meta["mode"] == "finetune" and len(meta["history"]) == 1
     assert np.isfinite(meta["history"][0]["loss_triplet"])
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     seed_everything(0)  # the loop builds the backbone first thing after seeding: replay its initial weights
     initial = FinetuneBackbone(spec, name=backbone).state_dict()
     trained = state["region_source"]
@@ -285,17 +290,18 @@ def test_finetune_trains_the_backbone(tmp_path, monkeypatch, backbone):
 
     if backbone == "tiny_grid":  # the saved backbone is the one validation used: same val rSum from the checkpoint
         from fga.finetune import finetuned_inputs
-        from fga.train import build, validation_rsum
+        from fga.runs import build_for
+        from fga.train import validation_rsum
 
         val = finetuned_inputs(cfg, DS, backbone, "val", state, torch.device("cpu"))
-        model = build(cfg, "vse_mean", val)
+        model = build_for(cfg, "vse_mean", DS, backbone, val.regions.shape[-1])
         model.load_state_dict(state["model"])
         assert validation_rsum(model, val, torch.device("cpu"), cfg)["rsum"] == meta["best"]["rsum"]
     if backbone == "tiny_roi":  # image loading in a worker process gives the same batches
         workers = copy.deepcopy(cfg)
         workers["train"]["num_workers"] = 1
         train(workers, DS, backbone, "vse_mean", 0, tmp_path / "workers", quiet=True)
-        other = torch.load(tmp_path / "workers" / "checkpoint.pt", weights_only=True)
+        other = load_checkpoint(tmp_path / "workers" / "checkpoint.safetensors")
         assert tensors_equal(other["region_source"], trained) and tensors_equal(other["model"], state["model"])
 
 
@@ -356,13 +362,3 @@ def test_finetune_augmentation_is_seeded_and_moves_boxes(tmp_path, monkeypatch):
     state = torch.get_rng_state()
     split.load_one(1, 3)
     assert torch.equal(state, torch.get_rng_state())  # augmentation leaves the global RNG alone
-
-
-def test_token_perturb_rate_per_mode():
-    from fga.train import token_perturb_rate
-
-    per_mode = {"token_perturb": {"frozen_features": 0.0, "finetune": 0.2}}
-    assert token_perturb_rate(per_mode, "finetune") == 0.2
-    assert token_perturb_rate(per_mode, "frozen_features") == 0.0
-    assert token_perturb_rate({"token_perturb": 0.1}, "finetune") == 0.1  # one rate for both modes
-    assert token_perturb_rate({}, "finetune") == 0.0

@@ -79,7 +79,7 @@ def test_snakemake_end_to_end(tmp_path):
     assert "train" in dry.stdout and "report" in dry.stdout
     run([str(BIN / "snakemake"), "--cores", "2"], project)
     for path in ["data/synthetic/dataset.json", "data/synthetic/instances.json", "features/synthetic/vocab.json",
-                 "features/synthetic/lite0_roi/test.h5", "runs/synthetic/lite0_roi/vse_mean/seed1/checkpoint.pt",
+                 "features/synthetic/lite0_roi/test.h5", "runs/synthetic/lite0_roi/vse_mean/seed1/checkpoint.safetensors",
                  "mlruns.db", "reports/tables/main.md", "reports/tables/main.tex"]:
         assert (project / path).exists(), path
     check_table_matches_metrics(project)

@@ -73,11 +73,20 @@ def snakemake_jobs(project: Path) -> list[dict]:
 
 def dvc_stages(project: Path) -> list[dict]:
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True, timeout=120)
+    from dvc.dependency import ParamsDependency
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
-        return [{"name": s.name.split("@")[0], "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs}}
+        return [{"name": s.name.split("@")[0], "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs},
+                 "params": {k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params}}
                 for s in repo.index.stages]
+
+
+def declarations(tmp_path: Path) -> Path:
+    for name in ("Snakefile", "dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    return tmp_path
 
 
 def covered(sm_outputs: set[str], dvc_outputs: set[str]) -> tuple[set[str], set[str]]:
@@ -91,9 +100,7 @@ def covered(sm_outputs: set[str], dvc_outputs: set[str]) -> tuple[set[str], set[
 
 
 def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
-    for name in ("Snakefile", "dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    declarations(tmp_path)
     jobs = snakemake_jobs(tmp_path)
     stages = dvc_stages(tmp_path)
     assert jobs and stages
@@ -126,9 +133,30 @@ def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
     assert not problems, "Snakefile and dvc.yaml disagree:\n  " + "\n  ".join(problems)
 
 
+def test_a_variants_training_stage_depends_on_the_method_it_inherits(tmp_path):
+    """A variant (`grm_no_sa: {arch: grm, ...}`) is resolved over methods.grm when fga loads the params, so its
+    DVC stage must list methods.grm (or all of `methods`) among its params, or a change there leaves it current."""
+    stages = dvc_stages(declarations(tmp_path))
+    methods = yaml.safe_load((tmp_path / "params.yaml").read_text())["methods"]
+    checked = 0
+    for stage in stages:
+        if stage["name"] not in ("train", "train_ablation"):
+            continue
+        method = canonical_options(stage["cmd"])["--method"]
+        base = methods[method].get("arch")
+        if base in methods and base != method:
+            checked += 1
+            assert {f"methods.{base}", "methods"} & stage["params"], (stage["name"], method, stage["params"])
+    assert checked, "params.yaml's grid has no variant run to check"
+
+
+def canonical_options(cmd: str) -> dict:
+    return dict(canonical(cmd)[1])
+
+
 def test_canonical_command_normalises_what_may_differ():
     sm = ("OMP_NUM_THREADS=2 python -m fga features extract --dataset synthetic --backbone b "
-          "--params .snakemake/fga/params.resolved.yaml --quiet > logs/x.log 2>&1")
+          "--params .snakemake/fga/params-0123456789abcdef.yaml --quiet > logs/x.log 2>&1")
     assert canonical(sm) == canonical("python -m fga features extract --backbone b --dataset synthetic --quiet")
     assert canonical(sm) != canonical("python -m fga features text --dataset synthetic --quiet")
 
@@ -150,10 +178,15 @@ def test_a_method_param_change_reruns_only_that_methods_branch(tiny_completed, t
             w = re.search(r"wildcards: (.*)", block)
             jobs.append((m[1], dict(kv.split("=", 1) for kv in w[1].split(", ")) if w else {}))
     seeds = [str(s) for s in cfg["grid"]["seeds"]]
+    # grm's ablation variants (`arch: grm`) inherit its margin, so they retrain too; robustness scores main runs only
+    variants = [m for m in (cfg["grid"].get("ablation") or {}).get("methods", [])
+                if (cfg["methods"].get(m) or {}).get("arch") == "grm"]
+    assert variants, "the tiny grid has a grm variant"
     rules = {r for r, _ in jobs}
     assert rules <= {"train", "evaluate", "robustness", "report", "all"}, sorted(rules)
     for rule in ("train", "evaluate") + (("robustness",) if "robustness" in rules else ()):
         got = sorted((w["method"], w["seed"]) for r, w in jobs if r == rule)
-        assert got == [("grm", s) for s in seeds], (rule, got)
+        methods = ["grm"] if rule == "robustness" else ["grm", *variants]
+        assert got == sorted((m, s) for m in methods for s in seeds), (rule, got)
     assert "report" in rules
     assert "reason: Params have changed since last execution" in text

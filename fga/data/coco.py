@@ -19,7 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fga.data.download import Fetcher, link_dir, resolve_path
+from fga.data.disk import link_dir
+from fga.data.sources import Fetcher, resolve_path
 from fga.data.splits import convert_karpathy, load_karpathy
 from fga.errors import UserError
 from fga.io import read_json, write_json

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fga.data.coco import check_images, extracted_karpathy, find_karpathy
-from fga.data.download import Fetcher, link_dir, resolve_path
+from fga.data.disk import link_dir
+from fga.data.sources import Fetcher, resolve_path
 from fga.data.splits import convert_karpathy, load_karpathy
 from fga.errors import UserError
 from fga.io import write_json

@@ -2,7 +2,7 @@
 
 A size or sha256 of ``None`` means it is not published anywhere we can rely on: the first
 successful download records it in ``<cache_dir>/fga-download.lock.json`` and every later use
-is checked against that record (see :mod:`fga.data.download`).
+is checked against that record (see :mod:`fga.data.fetch`).
 
 Sources of the pinned values:
 

@@ -15,8 +15,9 @@ Two layouts are read, both streamed (nothing holds a whole split's features in m
   boxes than the store's width is padded and masked. Captions come from the dataset's dataset.json (COCO /
   Flickr30K Karpathy splits), so a TSV is ingested for a dataset that already has one.
 
-A precomputed source is selected like a backbone: `fga features extract --backbone butd`, with its spec
-under `features.precomp.<name>` (default `butd: {format: npy}`); `feature_hash` covers that spec.
+A precomputed source is selected like a backbone: `fga features extract --backbone butd` (fga.features.build
+picks `ingest` here for it), with its spec under `features.precomp.<name>` (default `butd: {format: npy}`,
+fga.features.store.precomp_specs); `fga.features.store.feature_hash` covers that spec.
 `write_index` writes dataset.json (file_name "", width/height 0 for the npy layout) and an
 instances.json without annotations, so the rest of the pipeline (vocabulary, training, evaluation) runs.
 """
@@ -32,20 +33,14 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from fga.data import split_images
 from fga.errors import UserError
 from fga.io import read_json, write_json
 
 SPLIT_SOURCES = {"train": ("train",), "val": ("dev", "val"), "test": ("testall", "test")}
 CAPS_PER_IMAGE = 5
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
-DEFAULT_SPECS: dict[str, dict[str, Any]] = {"butd": {"format": "npy", "tsv": None, "max_regions": None}}
 NPY_BOX_NOTE = "unknown: the SCAN/VSE npy layout has no boxes; stored as zeros"
-
-
-def precomp_specs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """`features.precomp` (name -> spec), or the default `butd` (npy layout) when params.yaml has none."""
-    specs = cfg.get("features", {}).get("precomp")
-    return {name: {**DEFAULT_SPECS["butd"], **(spec or {})} for name, spec in (specs or DEFAULT_SPECS).items()}
 
 
 def _raise_csv_limit() -> None:
@@ -254,9 +249,8 @@ def _chunks(n: int, size: int, start: int) -> Iterator[tuple[int, int]]:
 def ingest(cfg: dict[str, Any], dataset: str, name: str, data_dir: Path, out_dir: Path,
            splits: tuple[str, ...] = ("train", "val", "test"), quiet: bool = False) -> None:
     """Precomputed features of every split -> out_dir/<split>.h5 (resumable, chunk by chunk, like extract)."""
-    from fga.data import split_images
-    from fga.features.extract import feature_hash
-    from fga.features.store import StoreWriter, data_hash, is_current
+    # imported here: `fga data prepare` loads this module for write_index and needs no HDF5
+    from fga.features.store import StoreWriter, data_hash, feature_hash, is_current, precomp_specs
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     spec = precomp_specs(cfg)[name]

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from fga.data.download import MARKER_NAME, Fetcher, is_extracted, resolve_path
+from fga.data.archive import MARKER_NAME, is_extracted
 from fga.data.manifests import DATASETS, PRECOMP_FILES, PRECOMP_SPLITS
 from fga.data.precomp import write_index
+from fga.data.sources import Fetcher, resolve_path
 from fga.errors import UserError
 from fga.io import atomic_dir
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 from collections import Counter
 from functools import lru_cache
@@ -519,6 +520,7 @@ def generate(
     min_objects: int = 1,
     max_objects: int = 12,
     progress: bool = True,
+    dry_run: bool = False,
 ) -> None:
     """Write out_dir/images/*.png, out_dir/dataset.json, out_dir/instances.json (atomically).
 
@@ -528,6 +530,8 @@ def generate(
     refers to), ``distractors`` (indices added by add_distractors; empty here) and
     ``background`` (top and bottom RGB of the gradient), so the image can be re-rendered.
     Same arguments give byte-identical files; a different seed gives different data.
+    With ``dry_run`` nothing is rendered or written: it prints how many images would be made,
+    where, and whether ``out_dir`` already holds exactly this dataset.
     """
     _check_int("seed", seed, 0)
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -537,15 +541,49 @@ def generate(
     _check_int("max_objects", max_objects, min_objects)
     if n_train + n_val + n_test == 0:
         raise UserError("synthetic: n_train + n_val + n_test is 0; ask for at least one image")
-    entries: list[dict[str, Any]] = []
     sizes = {"train": n_train, "val": n_val, "test": n_test}
+    entries = _scene_entries(seed, sizes, image_size, min_objects, max_objects, progress and not dry_run)
+    if dry_run:
+        print(f"[dry-run] synthetic: would generate {len(entries)} images "
+              f"({', '.join(f'{split} {n}' for split, n in sizes.items())}; {image_size}x{image_size} px) "
+              f"into {out_dir}; {existing_state(Path(out_dir), entries)}; nothing was written", flush=True)
+        return
+    _write(Path(out_dir), entries, progress, "rendering")
+
+
+def _scene_entries(seed: int, sizes: dict[str, int], image_size: int, min_objects: int, max_objects: int,
+                   progress: bool) -> list[dict[str, Any]]:
+    """The dataset.json entries of every split (scene graphs and captions; no pixels)."""
+    entries: list[dict[str, Any]] = []
     with tqdm(total=sum(sizes.values()), desc="synthetic scenes", unit="img", disable=not progress) as bar:
         for split in SPLITS:
             counts = _object_counts(seed, _SPLIT_INDEX[split], sizes[split], min_objects, max_objects)
             for index, k in enumerate(counts):
                 entries.append(_make_entry(seed, split, index, len(entries), k, image_size))
                 bar.update(1)
-    _write(Path(out_dir), entries, progress, "rendering")
+    return entries
+
+
+def _same_json(path: Path, expected: Any) -> bool:
+    try:
+        return json.loads(path.read_text()) == json.loads(json.dumps(expected))
+    except (OSError, ValueError):
+        return False
+
+
+def existing_state(out_dir: Path, entries: list[dict[str, Any]]) -> str:
+    """What ``out_dir`` holds compared with the dataset ``entries`` describe, in words (for a dry run)."""
+    if not out_dir.exists():
+        return f"{out_dir} does not exist, a real run would create it"
+    if not _same_json(out_dir / "dataset.json", {"dataset": "synthetic", "images": entries}):
+        return f"{out_dir} exists but its dataset.json differs from these params, a real run would replace it"
+    if not _same_json(out_dir / "instances.json", _instances(entries)):
+        return f"{out_dir} exists but its instances.json differs from these params, a real run would replace it"
+    missing = sum(not (out_dir / "images" / e["file_name"]).is_file() for e in entries)
+    if missing:
+        return f"{out_dir} exists but lacks {missing} of the {len(entries)} images, a real run would replace it"
+    return (f"{out_dir} is up to date (dataset.json, instances.json and all {len(entries)} images match these "
+            "params; a real run would write the same bytes again, with new mtimes)")
 
 
 def add_distractors(dataset_dir: Path, out_dir: Path, n_extra: int, *, seed: int = 0, split: str = "test") -> None:

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from fga.errors import UserError
-from fga.evaluate.encode import SplitInputs, caps_per_image
 from fga.features.text import PAD, UNK, load_vocab, split_captions, tokenize
+from fga.inputs import SplitInputs, caps_per_image
 from fga.io import read_json
 from fga.models.base import RetrievalModel
-from fga.models.registry import declared_arch
+from fga.models.registry import arch_name
 
 TEMPERATURE = 0.1
 LEVEL = "unc"
@@ -243,7 +243,7 @@ def grm_maps(model: RetrievalModel, data: SplitInputs, captions: list[str], voca
 def attention_record(cfg: dict[str, Any], dataset: str, method: str, model: RetrievalModel, data: SplitInputs,
                      n: int, split: str, store: Path | None = None) -> dict[str, Any]:
     """The attention.json dict of a run: {"method", "arch", "maps"} (+ "reason" when maps is empty)."""
-    arch = declared_arch(cfg, method) or method
+    arch = arch_name(cfg, method)
     record: dict[str, Any] = {"method": method, "arch": arch, "split": split, "maps": []}
     if not is_grm(model):
         record["reason"] = (f"{method} ({arch}) has no region attention; region-word maps are written for "

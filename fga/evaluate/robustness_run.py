@@ -20,7 +20,7 @@ Every recall block (each bin, the cluttered subset, all test images, each distra
 a percentile-bootstrap ``ci`` with the evaluate stage's ``evaluate.bootstrap`` options (images
 resampled with their captions; a bin resamples its own images), as metrics.json does.
 
-Feature hash of a level: `fga.features.extract.feature_hash` of the config returned by
+Feature hash of a level: `fga.features.store.feature_hash` of the config returned by
 :func:`distractor_cfg`, whose ``data.synthetic_distract<n>`` entry is the synthetic dataset's
 params plus ``n_extra`` and ``distractor_seed``, so the store goes stale exactly when the
 synthetic data, the level or the backbone changes.
@@ -34,17 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from fga.config import for_dataset
 from fga.data import split_images
+from fga.encoding import encode_images, encode_texts
 from fga.errors import UserError
-from fga.evaluate.encode import caps_per_image, encode_images, finetuned_regions, is_finetune, store_rows
 from fga.evaluate.recall import query_ranks
 from fga.evaluate.robustness import cluttered_bin, make_bins, per_bin_metrics, recall_block
-from fga.evaluate.run import (_merge, _timed_matrix, device_of, file_sha16, load_model, load_state,
-                              mlflow_metrics as evaluate_mlflow_metrics, sanitize, score_split,
-                              settings as eval_settings, split_inputs)
+from fga.evaluate.run import (LoadedRun, _merge, load_run, mlflow_metrics as evaluate_mlflow_metrics, sanitize,
+                              score_split, settings as eval_settings, timed_matrix, weights_digest)
 from fga.evaluate.similarity import load_matrix, matrix_path
 from fga.evaluate.stats import bootstrap_options
-from fga.features.extract import feature_hash
+from fga.features.store import feature_hash
+from fga.finetune import finetuned_regions
+from fga.inputs import SplitInputs, is_finetune, store_rows
 from fga.io import read_json, write_json
 
 COCO_BINS = [[1, 3], [4, 7], [8, 15], [16, None]]
@@ -122,95 +124,106 @@ def make_distractor_data(cfg: dict[str, Any], n: int, quiet: bool = True, force:
 
 def make_distractor_features(cfg: dict[str, Any], n: int, backbone: str, quiet: bool = True) -> Path:
     """features/synthetic_distract<n>/<backbone>/test.h5 (the data level is (re)made first when missing or stale)."""
-    from fga.features.extract import extract
+    from fga.features.build import build_features
 
     data_dir = make_distractor_data(cfg, n, quiet=quiet, force=False)
     name = distractor_name(n)
     out_dir = Path("features") / name / backbone
-    extract(distractor_cfg(cfg, n), name, backbone, data_dir, out_dir, splits=("test",), quiet=quiet)
+    build_features(distractor_cfg(cfg, n), name, backbone, data_dir, out_dir, splits=("test",), quiet=quiet)
     return out_dir / "test.h5"
 
 
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def _saved_matrix(results_dir: Path | None, split: str, shape: tuple[int, int], checkpoint: Path) -> np.ndarray | None:
-    """The evaluate stage's saved matrix when it is there and was computed from this checkpoint."""
+def _saved_matrix(results_dir: Path | None, split: str, shape: tuple[int, int],
+                  state: dict[str, Any]) -> np.ndarray | None:
+    """The evaluate stage's saved matrix when it is there and was computed by these weights."""
     if results_dir is None:
         return None
     path, meta_path = matrix_path(results_dir, split), Path(results_dir) / "metrics.json"
     if not path.exists() or not meta_path.exists():
         return None
     meta = read_json(meta_path, "metrics.json").get("matrix") or {}
-    if meta.get("checkpoint") != file_sha16(checkpoint) or tuple(meta.get("shape", ())) != tuple(shape):
+    if meta.get("checkpoint") != weights_digest(state) or tuple(meta.get("shape", ())) != tuple(shape):
         return None
     return load_matrix(path, shape)
+
+
+def split_matrix(cfg: dict[str, Any], run: LoadedRun, results_dir: Path | None, split: str,
+                quiet: bool) -> tuple[np.ndarray, Any, bool]:
+    """(the split's matrix, its encoded captions, whether the evaluate stage's saved matrix was reused)."""
+    sim = _saved_matrix(results_dir, split, (run.data.n_images, len(run.data.tokens)), run.state)
+    if sim is None:
+        sim, _, _, txt = score_split(cfg, run.model, run.data, run.device, quiet)
+        return sim, txt, False
+    return sim, encode_texts(run.model, run.data.tokens, run.data.lengths, run.device), True
+
+
+def clutter_breakdown(rc: dict[str, Any], dataset: str, split: str, data: SplitInputs, sim: np.ndarray,
+                      ranks: tuple[np.ndarray, np.ndarray], cpi: int, bs: dict[str, Any]) -> dict[str, Any]:
+    """robustness.json's clutter entries: `bin_spec` (as applied), `bin_spec_requested`, `bins`, `cluttered` and
+    `clutter_note` (why there are no bins, when the split's images have no instances)."""
+    from fga.data.synthetic import clutter_counts
+
+    instances = Path("data") / dataset / "instances.json"
+    all_counts = clutter_counts(instances)
+    counts = {i: int(all_counts.get(i, 0)) for i in data.image_ids}
+    requested = bin_spec(rc, dataset)
+    if not any(counts.values()):
+        # no instance boxes for these images (precomputed features, Flickr30K without Entities): nothing to bin
+        return {"bin_spec": None, "bin_spec_requested": requested, "bins": {}, "cluttered": None,
+                "clutter_note": f"{instances}: no instances for the {split} images, so clutter bins do not apply"}
+    spec = requested
+    distinct = len(set(counts.values()))
+    if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
+        spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
+    per_bin = per_bin_metrics(sim, data.image_ids, counts, make_bins(counts, spec), cpi, ranks=ranks, bootstrap=bs)
+    clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
+    cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks, bootstrap=bs)[clut.label]
+    return {"bin_spec": spec, "bin_spec_requested": requested, "bins": per_bin, "cluttered": cluttered,
+            "clutter_note": None}
+
+
+def distractor_levels(cfg: dict[str, Any], rc: dict[str, Any], run: LoadedRun, backbone: str, txt: Any,
+                      overall: dict[str, Any], quiet: bool, bs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The distractor curve of the synthetic test split: level 0 (the test set itself), then each level n."""
+    # level 0 is the test set itself: the same ranks as `overall`, so the same block
+    curve = [{"n_extra": 0, "n_images": run.data.n_images, **overall}]
+    for n in sorted(rc["distractors"]):
+        curve.append({"n_extra": int(n), **distractor_metrics(cfg, run.model, run.state, backbone, n,
+                                                               run.data.image_ids, txt, run.cpi, run.device, quiet,
+                                                               bs)})
+    return curve
 
 
 def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
                quiet: bool = False, results_dir: Path | None = None) -> dict[str, Any]:
     """The robustness.json dict of one run (see the module docstring)."""
-    from fga.data.synthetic import clutter_counts
-
+    cfg = for_dataset(cfg, dataset)  # the dataset's own evaluate settings (evaluate.per_dataset), everywhere below
     ec, rc, bs = eval_settings(cfg), settings(cfg), bootstrap_options(cfg)
     split = ec["split"]
-    torch.set_num_threads(cfg["train"].get("threads", 1))
-    state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
-    device = device_of(cfg)
-    data = split_inputs(cfg, dataset, backbone, split, state, device)
-    model = load_model(cfg, dataset, backbone, method, state, int(data.regions.shape[-1]), device)
-    n_img, n_cap = data.n_images, len(data.tokens)
-    cpi = caps_per_image(data)
-
-    sim = _saved_matrix(results_dir, split, (n_img, n_cap), Path(checkpoint))
-    reused = sim is not None
-    if sim is None:
-        sim, _, _, txt = score_split(cfg, model, data, device, quiet)
-    else:
-        from fga.evaluate.encode import encode_texts
-
-        txt = encode_texts(model, data.tokens, data.lengths, device)
+    run = load_run(cfg, dataset, backbone, method, seed, checkpoint, split)
+    n_img, cpi = run.data.n_images, run.cpi
+    sim, txt, reused = split_matrix(cfg, run, results_dir, split, quiet)
     ranks = query_ranks(sim, cpi)
-
-    instances = Path("data") / dataset / "instances.json"
-    all_counts = clutter_counts(instances)
-    counts = {i: int(all_counts.get(i, 0)) for i in data.image_ids}
-    spec = requested = bin_spec(rc, dataset)
-    clutter_note = None
-    if not any(counts.values()):
-        # no instance boxes for these images (precomputed features, Flickr30K without Entities): nothing to bin
-        per_bin, cluttered, spec = {}, None, None
-        clutter_note = f"{instances}: no instances for the {split} images, so clutter bins do not apply"
-    else:
-        distinct = len(set(counts.values()))
-        if isinstance(spec, dict) and "equal_count" in spec and spec["equal_count"] > distinct:
-            spec = {"equal_count": distinct}  # a tiny test split may not have k distinct clutter levels
-        bins = make_bins(counts, spec)
-        per_bin = per_bin_metrics(sim, data.image_ids, counts, bins, cpi, ranks=ranks, bootstrap=bs)
-        clut = cluttered_bin(counts, float(rc["cluttered_quantile"]))
-        cluttered = per_bin_metrics(sim, data.image_ids, counts, [clut], cpi, ranks=ranks, bootstrap=bs)[clut.label]
+    clutter = clutter_breakdown(rc, dataset, split, run.data, sim, ranks, cpi, bs)
     overall = recall_block(*ranks, cpi, bs)
-
     curve = []
     if dataset == SOURCE and split == "test":
-        # level 0 is the test set itself: the same ranks as `overall`, so the same block
-        curve.append({"n_extra": 0, "n_images": n_img, **overall})
-        for n in sorted(rc["distractors"]):
-            curve.append({"n_extra": int(n), **distractor_metrics(cfg, model, state, backbone, n, data.image_ids, txt,
-                                                                   cpi, device, quiet, bs)})
-    protocol = "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full"
+        curve = distractor_levels(cfg, rc, run, backbone, txt, overall, quiet, bs)
     return {
-        "protocol": protocol,
+        "protocol": "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full",
         "split": split,
         "n_images": n_img,
         "caps_per_image": cpi,
-        "weights_source": str(data.attrs.get("weights_source", "unknown")),
-        "bin_spec": spec,
-        "bin_spec_requested": requested,
-        "bins": per_bin,
-        "n_unbinned": n_img - sum(b["n_images"] for b in per_bin.values()),
-        "cluttered": cluttered,
-        "clutter_note": clutter_note,
+        "weights_source": str(run.data.attrs.get("weights_source", "unknown")),
+        "bin_spec": clutter["bin_spec"],
+        "bin_spec_requested": clutter["bin_spec_requested"],
+        "bins": clutter["bins"],
+        "n_unbinned": n_img - sum(b["n_images"] for b in clutter["bins"].values()),
+        "cluttered": clutter["cluttered"],
+        "clutter_note": clutter["clutter_note"],
         "overall": overall,
         "distractors": curve,
         "matrix_reused": reused,
@@ -237,7 +250,7 @@ def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbo
         raise UserError(f"{name}: its test images differ from the synthetic test split; re-run "
                         f"`fga robustness distractors --n {n} --backbone {backbone}`")
     img = encode_images(model, regions, mask, device)
-    sim, _ = _timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
+    sim, _ = timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
     return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi), cpi, bootstrap)}
 
 

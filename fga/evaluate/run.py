@@ -23,23 +23,26 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from fga.config import evaluation_section, for_dataset
 from fga.data import split_images
+from fga.encoding import encode_images, encode_split, encode_texts
 from fga.errors import UserError
-from fga.evaluate.encode import (SplitInputs, caption_tokens, caps_per_image, encode_images, encode_split, encode_texts,
-                                 finetuned_regions, is_finetune, load_split, paths, store_rows)
 from fga.evaluate.hubness import qb_norm_both
 from fga.evaluate.recall import (COCO_FOLD_IMAGES, PROTOCOLS, _ranks, evaluate_protocol, mean_metrics,
                                  metrics_from_ranks)
 from fga.evaluate.similarity import matrix_path, plan_blocks, save_matrix, similarity_matrix
-from fga.evaluate.stats import bootstrap_ci, bootstrap_options
-from fga.features.extract import feature_hash
+from fga.evaluate.stats import BOOTSTRAP_DEFAULTS, bootstrap_ci, bootstrap_options
+from fga.features.store import feature_hash
 from fga.features.text import split_captions
+from fga.finetune import finetuned_regions
+from fga.inputs import SplitInputs, caption_tokens, caps_per_image, is_finetune, load_split, paths, store_rows
 from fga.io import atomic_path, read_json, write_json
 from fga.models.base import RetrievalModel
 
@@ -53,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "block_captions": None,
     "save_matrix": "none",
     "attention_maps": 4,
-    "bootstrap": {"n_resamples": 1000, "confidence": 0.95, "seed": 0},
+    "bootstrap": BOOTSTRAP_DEFAULTS,  # owned by fga.evaluate.stats (bootstrap_options)
     "qbnorm": {"enabled": True, "bank_size": {"images": 200, "captions": 1000}, "beta": 20.0, "k": 1,
                "mode": "dis", "seed": 0},
 }
@@ -66,9 +69,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """`evaluate` params with the defaults filled in (older params files lack the newer keys)."""
-    return _merge(DEFAULTS, cfg.get("evaluate", {}))
+def settings(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """`evaluate` params with the defaults filled in (older params files lack the newer keys) and, for a dataset,
+    its `evaluate.per_dataset` entry merged in (the stages pass `for_dataset(cfg, dataset)`, which does that)."""
+    return _merge(DEFAULTS, evaluation_section(cfg, dataset))
 
 
 def protocols(ec: dict[str, Any]) -> list[str]:
@@ -132,7 +136,8 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def load_state(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int,
                checkpoint: Path) -> dict[str, Any]:
     """The checkpoint, after checking that it was trained with these params."""
-    from fga.train import load_checkpoint, run_hash
+    from fga.checkpoint import load_checkpoint
+    from fga.runs import run_hash
 
     state = load_checkpoint(checkpoint)
     if state["meta"].get("run_hash") != run_hash(cfg, dataset, backbone, method, seed):
@@ -143,7 +148,7 @@ def load_state(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
 def load_model(cfg: dict[str, Any], dataset: str, backbone: str, method: str, state: dict[str, Any], img_dim: int,
                device: torch.device) -> RetrievalModel:
     """The checkpoint's best model on `device`, in eval mode."""
-    from fga.train import build_for
+    from fga.runs import build_for
 
     model = build_for(cfg, method, dataset, backbone, img_dim).to(device)
     model.load_state_dict(state["model"])
@@ -151,7 +156,7 @@ def load_model(cfg: dict[str, Any], dataset: str, backbone: str, method: str, st
 
 
 def device_of(cfg: dict[str, Any]) -> torch.device:
-    from fga.train import pick_device
+    from fga.device import pick_device
 
     return pick_device(cfg["train"].get("device", "auto"))
 
@@ -246,7 +251,9 @@ def qbnorm_protocol(sim: np.ndarray, bank_t2i: np.ndarray, bank_i2t: np.ndarray,
     return out, (np.concatenate(i2t_all), np.concatenate(t2i_all))
 
 
-def _timed_matrix(model, img, txt, ec, quiet: bool, desc: str) -> tuple[np.ndarray, dict[str, Any]]:
+def timed_matrix(model: RetrievalModel, img: Any, txt: Any, ec: dict[str, Any], quiet: bool,
+                 desc: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """(matrix, its block plan and wall time); the time is for the log only, never for a results file."""
     plan = plan_blocks(model, img, txt, ec["memory_budget_mb"], ec["block_images"], ec["block_captions"])
     t0 = time.perf_counter()
     sim = similarity_matrix(model, img, txt, plan.block_images, plan.block_captions, quiet=quiet,
@@ -261,8 +268,88 @@ def score_split(cfg: dict[str, Any], model: RetrievalModel, data: SplitInputs, d
     """(matrix, timing, encoded images, encoded captions) of a split."""
     ec = settings(cfg)
     img, txt = encode_split(model, data, device)
-    sim, timing = _timed_matrix(model, img, txt, ec, quiet, "similarity")
+    sim, timing = timed_matrix(model, img, txt, ec, quiet, "similarity")
     return sim, timing, img, txt
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to score: its checkpoint, device, split inputs and best model."""
+
+    state: dict[str, Any]
+    device: torch.device
+    data: SplitInputs
+    model: RetrievalModel
+
+    @property
+    def cpi(self) -> int:
+        return caps_per_image(self.data)
+
+
+def load_run(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
+             split: str) -> LoadedRun:
+    """The checkpoint (checked against the params), its best model and the split's inputs, on the params' device."""
+    torch.set_num_threads(cfg["train"].get("threads", 1))
+    state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
+    device = device_of(cfg)
+    data = split_inputs(cfg, dataset, backbone, split, state, device)
+    model = load_model(cfg, dataset, backbone, method, state, int(data.regions.shape[-1]), device)
+    return LoadedRun(state, device, data, model)
+
+
+def score_query_bank(cfg: dict[str, Any], dataset: str, backbone: str, run: LoadedRun, img: Any, txt: Any,
+                     quiet: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """QB-Norm's TRAIN query bank against the test gallery: (bank captions x test images, bank images x test
+    captions, the bank's description for metrics.json); None when `evaluate.qbnorm` is off."""
+    ec = settings(cfg)
+    qb = ec["qbnorm"]
+    if not qb["enabled"]:
+        return None
+    bank = query_bank(cfg, dataset, backbone, qb, run.state, run.device, set(run.data.image_ids))
+    bank_img = encode_images(run.model, bank["regions"], bank["mask"], run.device)
+    bank_txt = encode_texts(run.model, bank["tokens"], bank["lengths"], run.device)
+    bank_i2t, _ = timed_matrix(run.model, bank_img, txt, ec, quiet, "QB-Norm bank (train images)")
+    bank_t2i, _ = timed_matrix(run.model, img, bank_txt, ec, quiet, "QB-Norm bank (train captions)")
+    info = {"split": "train", "n_images": bank["n_images"], "n_captions": bank["n_captions"],
+            "beta": float(qb["beta"]), "k": int(qb["k"]), "mode": qb["mode"], "seed": int(qb.get("seed", 0))}
+    return np.ascontiguousarray(bank_t2i.T), bank_i2t, info
+
+
+def rank_protocols(cfg: dict[str, Any], sim: np.ndarray, names: list[str], cpi: int,
+                   bank: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Per protocol: its metrics block (recalls, bootstrap `ci`, `qbnorm` with a bank) and its per-query ranks
+    (`<protocol>_i2t`/`_t2i`, `qbnorm_<protocol>_*`)."""
+    bs = bootstrap_options(cfg)
+    blocks: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, np.ndarray] = {}
+    for p in names:
+        block = evaluate_protocol(sim, p, cpi, TIES)
+        i2t, t2i = protocol_ranks(sim, p, cpi)
+        ranks[f"{p}_i2t"], ranks[f"{p}_t2i"] = i2t, t2i
+        block["ci"] = bootstrap_ci(i2t, t2i, cpi, **bs)
+        if bank is not None:
+            bank_t2i, bank_i2t, _ = bank
+            block["qbnorm"], (q_i2t, q_t2i) = qbnorm_protocol(sim, bank_t2i, bank_i2t, p, cpi, settings(cfg)["qbnorm"])
+            ranks[f"qbnorm_{p}_i2t"], ranks[f"qbnorm_{p}_t2i"] = q_i2t, q_t2i
+        blocks[p] = block
+    return blocks, ranks
+
+
+def write_outputs(out_dir: Path, cfg: dict[str, Any], dataset: str, backbone: str, method: str, run: LoadedRun,
+                  sim: np.ndarray, ranks: dict[str, np.ndarray], primary: str, n_attention: int) -> dict[str, Any] | None:
+    """ranks.npz, attention.json and (`evaluate.save_matrix`) sim_<split>.npy; the saved matrix's metrics.json entry."""
+    ec = settings(cfg)
+    out_dir = Path(out_dir)
+    ranks = {**ranks, "i2t": ranks[f"{primary}_i2t"], "t2i": ranks[f"{primary}_t2i"]}
+    write_ranks(out_dir / "ranks.npz", ranks, run.data.image_ids, run.cpi, primary)
+    write_attention(out_dir / "attention.json", cfg, dataset, backbone, method, run.model, run.data, n_attention,
+                    ec["split"])
+    saved = save_matrix(matrix_path(out_dir, ec["split"]), sim, ec["save_matrix"])
+    if saved is None:
+        return None
+    return {"file": saved.name, "dtype": ec["save_matrix"], "shape": list(sim.shape),
+            "checkpoint": weights_digest(run.state)}
 
 
 def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
@@ -274,68 +361,34 @@ def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed
     """
     from fga.evaluate.attention import n_maps
 
+    cfg = for_dataset(cfg, dataset)  # every helper below then reads this dataset's evaluate settings
     ec = settings(cfg)
     names = protocols(ec)
     n_attention = n_maps(ec)
-    torch.set_num_threads(cfg["train"].get("threads", 1))
-    state = load_state(cfg, dataset, backbone, method, seed, checkpoint)
-    device = device_of(cfg)
-    data = split_inputs(cfg, dataset, backbone, ec["split"], state, device)
-    model = load_model(cfg, dataset, backbone, method, state, int(data.regions.shape[-1]), device)
-    cpi = caps_per_image(data)
-    sim, timing, img, txt = score_split(cfg, model, data, device, quiet)
-
-    qb = ec["qbnorm"]
-    bank_info = None
-    if qb["enabled"]:
-        bank = query_bank(cfg, dataset, backbone, qb, state, device, set(data.image_ids))
-        bank_img = encode_images(model, bank["regions"], bank["mask"], device)
-        bank_txt = encode_texts(model, bank["tokens"], bank["lengths"], device)
-        bank_i2t, _ = _timed_matrix(model, bank_img, txt, ec, quiet, "QB-Norm bank (train images)")
-        bank_t2i, _ = _timed_matrix(model, img, bank_txt, ec, quiet, "QB-Norm bank (train captions)")
-        bank_t2i = np.ascontiguousarray(bank_t2i.T)
-        bank_info = {"split": "train", "n_images": bank["n_images"], "n_captions": bank["n_captions"],
-                     "beta": float(qb["beta"]), "k": int(qb["k"]), "mode": qb["mode"], "seed": int(qb.get("seed", 0))}
-
-    bs = bootstrap_options(cfg)
-    blocks: dict[str, dict[str, Any]] = {}
-    ranks: dict[str, np.ndarray] = {}
-    for p in names:
-        block = evaluate_protocol(sim, p, cpi, TIES)
-        i2t, t2i = protocol_ranks(sim, p, cpi)
-        ranks[f"{p}_i2t"], ranks[f"{p}_t2i"] = i2t, t2i
-        block["ci"] = bootstrap_ci(i2t, t2i, cpi, **bs)
-        if bank_info is not None:
-            block["qbnorm"], (q_i2t, q_t2i) = qbnorm_protocol(sim, bank_t2i, bank_i2t, p, cpi, qb)
-            ranks[f"qbnorm_{p}_i2t"], ranks[f"qbnorm_{p}_t2i"] = q_i2t, q_t2i
-        blocks[p] = block
-
+    run = load_run(cfg, dataset, backbone, method, seed, checkpoint, ec["split"])
+    sim, timing, img, txt = score_split(cfg, run.model, run.data, run.device, quiet)
+    bank = score_query_bank(cfg, dataset, backbone, run, img, txt, quiet)
+    blocks, ranks = rank_protocols(cfg, sim, names, run.cpi, bank)
     primary = names[0]
     metrics: dict[str, Any] = dict(blocks[primary])
     metrics.update({
         "protocol": primary,
         "protocols": blocks,
         "split": ec["split"],
-        "n_images": data.n_images,
-        "caps_per_image": cpi,
-        "best_epoch": state["meta"]["best"]["epoch"],
-        "weights_source": str(data.attrs.get("weights_source", "unknown")),
-        "qbnorm_bank": bank_info,
+        "n_images": run.data.n_images,
+        "caps_per_image": run.cpi,
+        "best_epoch": run.state["meta"]["best"]["epoch"],
+        "weights_source": str(run.data.attrs.get("weights_source", "unknown")),
+        "qbnorm_bank": None if bank is None else bank[2],
         "similarity": {"block_images": timing["block_images"], "block_captions": timing["block_captions"],
                        "memory_budget_mb": ec["memory_budget_mb"]},
     })
     print(f"similarity: {timing['pairs']} pairs in {timing['seconds']} s ({timing['pairs_per_s']:.3g} pairs/s, "
           f"blocks {timing['block_images']} x {timing['block_captions']})", flush=True)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        ranks["i2t"], ranks["t2i"] = ranks[f"{primary}_i2t"], ranks[f"{primary}_t2i"]
-        write_ranks(out_dir / "ranks.npz", ranks, data.image_ids, cpi, primary)
-        write_attention(out_dir / "attention.json", cfg, dataset, backbone, method, model, data, n_attention,
-                        ec["split"])
-        saved = save_matrix(matrix_path(out_dir, ec["split"]), sim, ec["save_matrix"])
-        if saved is not None:
-            metrics["matrix"] = {"file": saved.name, "dtype": ec["save_matrix"], "shape": list(sim.shape),
-                                 "checkpoint": file_sha16(Path(checkpoint))}
+        matrix = write_outputs(out_dir, cfg, dataset, backbone, method, run, sim, ranks, primary, n_attention)
+        if matrix is not None:
+            metrics["matrix"] = matrix
     return metrics
 
 
@@ -350,14 +403,17 @@ def write_attention(path: Path, cfg: dict[str, Any], dataset: str, backbone: str
     return record
 
 
-def file_sha16(path: Path) -> str:
-    """sha256 of a file, first 16 hex digits (ties a saved matrix to its checkpoint)."""
+def weights_digest(state: dict[str, Any]) -> str:
+    """sha256 (first 16 hex digits) of a checkpoint's best weights: ties a saved matrix to the model that scored it.
+    The weights, not the file: a checkpoint also records each epoch's wall time, which differs on every rerun."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for part in ("model", "region_source"):
+        for name, tensor in sorted((state.get(part) or {}).items()):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{part}.{name}:{flat.dtype}:{list(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -372,8 +428,17 @@ def write_ranks(path: Path, ranks: dict[str, np.ndarray], image_ids: list[int], 
             np.savez(f, **arrays)
 
 
-def read_ranks(path: Path, protocol: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(i2t ranks, t2i ranks, caps_per_image) from ranks.npz; `protocol` None = the primary one."""
+class RanksFile(NamedTuple):
+    """One protocol's per-query ranks from ranks.npz, with the test images they rank."""
+
+    i2t: np.ndarray
+    t2i: np.ndarray
+    caps_per_image: int
+    image_ids: np.ndarray
+
+
+def load_ranks(path: Path, protocol: str | None = None) -> RanksFile:
+    """A protocol's ranks (None = the primary one) and the image ids from ranks.npz, in one read."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: ranks not found; run `fga evaluate` first")
@@ -381,4 +446,10 @@ def read_ranks(path: Path, protocol: str | None = None) -> tuple[np.ndarray, np.
         prefix = "" if protocol is None else f"{protocol}_"
         if f"{prefix}i2t" not in z:
             raise UserError(f"{path}: no ranks for protocol {protocol!r}; add it to evaluate.protocol and re-run")
-        return z[f"{prefix}i2t"], z[f"{prefix}t2i"], int(z["caps_per_image"])
+        return RanksFile(z[f"{prefix}i2t"], z[f"{prefix}t2i"], int(z["caps_per_image"]), z["image_ids"])
+
+
+def read_ranks(path: Path, protocol: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(i2t ranks, t2i ranks, caps_per_image) from ranks.npz; `protocol` None = the primary one."""
+    ranks = load_ranks(path, protocol)
+    return ranks.i2t, ranks.t2i, ranks.caps_per_image

@@ -1,6 +1,6 @@
 """The full image x caption similarity matrix, block by block through the model's batched kernel.
 
-Every image and caption is encoded once (fga.evaluate.encode); this module then scores the
+Every image and caption is encoded once (fga.encoding); this module then scores the
 ``[n_img, n_cap]`` matrix in rectangular blocks. Each block is ONE call of the model's batched
 ``similarity`` (vectorised over all pairs of the block, no Python loop over pairs).
 

@@ -7,16 +7,24 @@ and its ``caps_per_image`` caption queries are always drawn together.
 
 Every recall is linear in per-image hit indicators, so each resample is a gather + mean over a
 small ``[n_images, 6]`` table; resamples are processed in chunks to bound memory.
+
+Across seeds (one run per seed, in pandas frames): :func:`over_seeds` (mean and sample std per
+cell) and :func:`paired_tests_over_seeds` (one verdict from the per-seed paired tests).
+The bootstrap options are ``evaluate.bootstrap`` of the params (:func:`bootstrap_options`).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fga.errors import UserError
 from fga.evaluate.recall import KS, RECALL_KEYS
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+BOOTSTRAP_DEFAULTS: dict[str, Any] = {"n_resamples": 1000, "confidence": 0.95, "seed": 0}
 _CHUNK_ELEMS = 8 * 1024 * 1024  # resample-index elements per chunk (~64 MB of int64)
 _DECIMALS = 4
 
@@ -79,9 +87,7 @@ def _interval(x: np.ndarray, confidence: float) -> list[float]:
 
 def bootstrap_options(cfg: dict[str, Any]) -> dict[str, Any]:
     """`evaluate.bootstrap` (defaults filled in) as keyword arguments of :func:`bootstrap_ci` and :func:`paired_test`."""
-    from fga.evaluate.run import settings  # lazy: run.py imports this module (and torch)
-
-    bs = settings(cfg)["bootstrap"]
+    bs = {**BOOTSTRAP_DEFAULTS, **((cfg.get("evaluate") or {}).get("bootstrap") or {})}
     return {"n_resamples": int(bs["n_resamples"]), "confidence": float(bs["confidence"]), "seed": int(bs["seed"])}
 
 
@@ -173,3 +179,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         raise UserError(f"mean_std got non-finite values {x.tolist()}; check the per-seed metrics")
     std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
     return float(np.mean(x)), std
+
+
+def over_seeds(runs: pd.DataFrame, keys: Sequence[str], columns: Sequence[str],
+               mean_only: Sequence[str] = ()) -> pd.DataFrame:
+    """Per cell of `keys` (one row per seed): `<c>_mean` and the sample std `<c>_std` (ddof=1, 0.0 for one seed)
+    of each of `columns`, `<c>_mean` of each of `mean_only`, and `seeds` (rows in the cell); indexed by `keys`."""
+    grouped = runs.groupby(list(keys), sort=True)
+    mean = grouped[list(columns)].mean()
+    std = grouped[list(columns)].std(ddof=1).fillna(0.0)
+    out = mean.add_suffix("_mean").join(std.add_suffix("_std"))
+    if mean_only:
+        out = out.join(grouped[list(mean_only)].mean().add_suffix("_mean"))
+    out["seeds"] = grouped.size()
+    return out
+
+
+def paired_tests_over_seeds(per_seed: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per cell of `keys` with two or more seeds, from one :func:`paired_test` row per seed
+    (`delta_rsum`, `p_value`, `seed`, `n_images`, `n_resamples`): the mean Δ and the LARGEST per-seed p, `seed` "all".
+
+    The largest p is the intersection-union test of "A better at every seed": it rejects at level α iff every
+    seed's test does. No CI: the seeds share their test images, so their intervals do not pool.
+    """
+    combined = (per_seed.groupby(list(keys), sort=True)
+                .agg(delta_rsum=("delta_rsum", "mean"), p_value=("p_value", "max"), n_seeds=("seed", "size"),
+                     n_images=("n_images", "first"), n_resamples=("n_resamples", "first")).reset_index())
+    return combined[combined["n_seeds"] > 1].drop(columns="n_seeds").assign(seed="all")

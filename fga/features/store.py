@@ -18,6 +18,9 @@ discarded and started over.
 
 Reading: `read_store` / `read_text_store` load a whole split; `RegionStoreDataset` and `TextStore` read one
 item at a time (h5py per-item reads, the file opened lazily in each DataLoader worker).
+
+`feature_hash` is a region store's `params_hash`: what its rows depend on (the backbone's spec under
+`features.backbones`, or the precomputed source's under `features.precomp`, and the dataset's params).
 """
 from __future__ import annotations
 
@@ -30,11 +33,13 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from fga.config import params_hash
 from fga.errors import UserError
 
 REQUIRED = ("regions", "boxes", "mask", "image_id")
 TEXT_REQUIRED = ("tokens", "mask", "image_id")
 RESUME_ATTRS = ("params_hash", "data_hash")  # a partial file is resumed only when these match
+DEFAULT_PRECOMP: dict[str, dict[str, Any]] = {"butd": {"format": "npy", "tsv": None, "max_regions": None}}
 
 Layout = Mapping[str, tuple[tuple[int, ...], str]]
 
@@ -50,6 +55,32 @@ def data_hash(dataset_json: str | Path) -> str:
             digest.update(block)
     return digest.hexdigest()[:16]
 
+
+def precomp_specs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`features.precomp` (name -> spec), or the default `butd` (npy layout) when params.yaml has none."""
+    specs = cfg.get("features", {}).get("precomp")
+    return {name: {**DEFAULT_PRECOMP["butd"], **(spec or {})} for name, spec in (specs or DEFAULT_PRECOMP).items()}
+
+
+def known_backbones(cfg: dict[str, Any]) -> str:
+    """The backbone names params.yaml defines (image backbones, then precomputed sources), for error messages."""
+    return ", ".join([*cfg["features"]["backbones"], *precomp_specs(cfg)])
+
+
+def feature_hash(cfg: dict[str, Any], dataset: str, backbone: str) -> str:
+    """What a store depends on: the backbone spec (or precomputed-feature spec), the dataset's own params and,
+    when the backbone names one, the boxes file's contents."""
+    if backbone in cfg["features"]["backbones"]:
+        spec = cfg["features"]["backbones"][backbone]
+        key = {"backbone": spec, "data": cfg["data"].get(dataset, {})}
+        if spec.get("boxes_file"):  # only when set: stores without one keep their hash
+            key["boxes_file"] = data_hash(Path(spec["boxes_file"]).expanduser())
+        return params_hash(key)
+    specs = precomp_specs(cfg)
+    if backbone in specs:
+        return params_hash({"precomp": specs[backbone], "data": cfg["data"].get(dataset, {})})
+    raise UserError(f"params.yaml: backbone {backbone!r} not under features.backbones or features.precomp; "
+                    f"known: {known_backbones(cfg)}")
 
 def _dcpl() -> Any:
     """Dataset creation properties: all space allocated up front, no fill pass (rows are always written)."""

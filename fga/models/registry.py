@@ -1,8 +1,10 @@
 """Method registry: `build_model(name, cfg)`. Adding a method is one module plus one line here.
 
 A params.yaml `methods.<name>` section holds the constructor options of that method. A section
-may also name another registered architecture with `arch:` — that is how ablation variants
-(e.g. `grm_no_rp: {arch: grm, use_region_prompt: false}`) become methods of their own in the grid.
+may also name another method with `arch:` — that is how ablation variants
+(e.g. `grm_no_rp: {arch: grm, use_region_prompt: false}`) become methods of their own in the grid:
+it inherits that method's section, its own keys winning (`fga.config.resolve_methods`, applied when
+params load and again by `method_section` for configs read without `load_params`).
 Options that depend on the backbone go under `per_backbone.<backbone>` (e.g. GRM's K = 50 prompts
 for Swin); `method_section` applies them.
 """
@@ -12,6 +14,7 @@ import importlib
 import inspect
 from typing import Any
 
+from fga.config import resolve_methods
 from fga.errors import UserError
 from fga.models.base import RetrievalModel
 
@@ -30,9 +33,16 @@ def declared_arch(cfg: dict[str, Any], method: str) -> str | None:
     return str(section["arch"]) if isinstance(section, dict) and "arch" in section else None
 
 
+def arch_name(cfg: dict[str, Any], method: str, default: str | None = None) -> str:
+    """The architecture a method runs: its `arch:` (an ablation variant's base), else `default` (None: the method's
+    own name, the registered architecture it builds)."""
+    return declared_arch(cfg, method) or (method if default is None else default)
+
+
 def method_section(cfg: dict[str, Any], method: str, backbone: str | None = None) -> dict[str, Any]:
-    """A method's constructor options: its params.yaml section with `per_backbone.<backbone>` applied."""
-    section = dict((cfg.get("methods") or {}).get(method) or {})
+    """A method's constructor options: its resolved section (a variant's base filled in) with
+    `per_backbone.<backbone>` applied."""
+    section = dict(resolve_methods(cfg)["methods"].get(method) or {})
     per_backbone = section.pop("per_backbone", None) or {}
     if not isinstance(per_backbone, dict) or not all(isinstance(v, dict) for v in per_backbone.values()):
         raise UserError(f"params.yaml: methods.{method}.per_backbone must map backbone names to option sections, "

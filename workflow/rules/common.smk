@@ -1,41 +1,67 @@
-# Shared definitions of the rules: the validated config, the resolved params file every job reads, the grid.
-from pathlib import Path
+# Shared definitions of the rules: the config (typed, validated, variants resolved), the params file jobs read, the grid.
+import sys
 
-import yaml
+if workflow.basedir not in sys.path:
+    sys.path.insert(0, workflow.basedir)  # this checkout's fga, also when the environment running snakemake lacks it
 
-from snakemake.utils import validate
+from fga.config import evaluation_section, load_params, snakemake_config, write_resolved
+from fga.errors import UserError
+from fga.paths import output_roots, shared_sections_problem
 
-
-validate(config, "../schemas/params.schema.yaml")
+try:
+    # params.yaml + --configfile overlays + --config values, as the fga CLI reads a params file: the --config
+    # strings typed by the schema, one schema error as one line naming the file, `arch:` variants resolved
+    # over the final config (so train's `method` param below changes when the base method changes)
+    config.update(snakemake_config(config, workflow.configfiles, workflow.config_settings.configfiles,
+                                   workflow.config_settings.config))
+    # an experiment other than the default shares data/ and features/ with it: it may not rebuild them
+    problem = shared_sections_problem(config, load_params("params.yaml"), "params.yaml")
+    if problem is not None:
+        raise UserError(problem)
+except UserError as exc:
+    print(f"fga: error: {exc}", file=sys.stderr)
+    sys.exit(2)  # the fga CLI's status for bad input, without Snakemake's traceback and schema dump
 
 # Jobs import fga from this checkout even when the active environment (e.g. a --use-conda env) lacks it.
 shell.prefix('set -euo pipefail; export PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}"; ')
 
 
-def resolved_params_file():
-    """The CLI reads a params file: hand it exactly the config Snakemake sees (incl. --config overrides)."""
-    path = Path(".snakemake/fga/params.resolved.yaml")
-    text = yaml.safe_dump(config, sort_keys=True)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return str(path)
+class Untracked:
+    """A rule param that Snakemake formats into the shell command but leaves out of its params trigger.
+
+    Snakemake compares the repr of params it knows (str, dict, ...) and skips other objects. The params file's
+    name is the hash of the whole config, and the rules list the sections they depend on as params of their
+    own, so tracking the name too would rerun every job on any change of any key.
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
 
 
 FGA = "python -m fga"
-COMMON = f"--params {resolved_params_file()} --quiet"
+# content-addressed and never rewritten: a dry run or a second workflow with other params cannot change what
+# a running job reads (the files are tiny; delete .snakemake/fga/ when no workflow is running to tidy up)
+COMMON = Untracked(f"--params {write_resolved(config, '.snakemake/fga')} --quiet")
 GRID = config["grid"]
 SPLITS = ["train", "val", "test"]
 RUN = "{dataset}/{backbone}/{method}/seed{seed}"
+# the experiment's output roots (fga/paths.py): runs/, results/, logs/... for `experiment: default`,
+# experiments/<name>/runs/, ... for any other, so experiments run side by side; data/ and features/ are shared
+ROOTS = output_roots(config)
+RUNS = ROOTS.runs
+RESULTS = ROOTS.results
+LOGS = ROOTS.logs
+BENCHMARKS = ROOTS.benchmarks
 
 EVAL = config["evaluate"]
 ROBUST = config.get("robustness", {})
+# split and save_matrix are global (they name the stages' files); the rest may differ per dataset
 SAVE_MATRIX = EVAL.get("save_matrix", "none") != "none"
-QBNORM = EVAL.get("qbnorm", {}).get("enabled", True)
 EVAL_SPLIT = EVAL.get("split", "test")
 DISTRACTORS = ROBUST.get("distractors", [2, 4, 8])
-# evaluation memory: the similarity block budget plus the encodings and the result matrix
-EVAL_MEM_MB = int(EVAL.get("memory_budget_mb", 4096)) + 4000
 GPU = 1 if config["train"].get("device") == "cuda" else 0
 ABLATION = GRID.get("ablation") or {"backbones": [], "methods": []}
 
@@ -59,3 +85,19 @@ def distractor_features_of(w):
     if w.dataset != "synthetic" or EVAL_SPLIT != "test":
         return []
     return expand("features/synthetic_distract{n}/{backbone}/test.h5", n=DISTRACTORS, backbone=w.backbone)
+
+
+def evaluate_params(w):
+    """The dataset's evaluate settings (evaluate.per_dataset merged in): a change for coco reruns only coco jobs."""
+    return evaluation_section(config, w.dataset)
+
+
+def qbnorm_bank_of(w):
+    """The train features QB-Norm takes its query bank from, when the dataset's evaluation uses QB-Norm."""
+    enabled = evaluate_params(w).get("qbnorm", {}).get("enabled", True)
+    return f"features/{w.dataset}/{w.backbone}/train.h5" if enabled else []
+
+
+def eval_mem_mb(w):
+    """Evaluation memory: the dataset's similarity block budget plus the encodings and the result matrix."""
+    return int(evaluate_params(w).get("memory_budget_mb", 4096)) + 4000

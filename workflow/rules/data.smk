@@ -1,3 +1,8 @@
+# Downloads need the network, which cluster compute nodes often lack: with an executor (Slurm) this rule runs
+# where snakemake runs (the login node), not as a batch job.
+localrules: prepare_data
+
+
 rule prepare_data:
     """Generate (synthetic) or download and prepare a dataset into the dataset.json/instances.json contract."""
     output:

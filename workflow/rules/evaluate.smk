@@ -9,26 +9,26 @@ wildcard_constraints:
 rule evaluate:
     """Recall@1/5/10 both ways and rSum of one run (+ bootstrap CIs, QB-Norm column, per-query ranks)."""
     input:
-        checkpoint=f"runs/{RUN}/checkpoint.pt",
+        checkpoint=f"{RUNS}/{RUN}/checkpoint.safetensors",
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
         vocab="features/{dataset}/vocab.json",
-        **({"bank": "features/{dataset}/{backbone}/train.h5"} if QBNORM else {}),
+        bank=qbnorm_bank_of,
     output:
-        metrics=f"results/{RUN}/metrics.json",
-        ranks=f"results/{RUN}/ranks.npz",
-        attention=f"results/{RUN}/attention.json",
-        **({"matrix": f"results/{RUN}/sim_{EVAL_SPLIT}.npy"} if SAVE_MATRIX else {}),
+        metrics=f"{RESULTS}/{RUN}/metrics.json",
+        ranks=f"{RESULTS}/{RUN}/ranks.npz",
+        attention=f"{RESULTS}/{RUN}/attention.json",
+        **({"matrix": f"{RESULTS}/{RUN}/sim_{EVAL_SPLIT}.npy"} if SAVE_MATRIX else {}),
     params:
         fga=FGA,
         common=COMMON,
-        evaluate=EVAL,
+        evaluate=evaluate_params,  # the dataset's own settings (evaluate.per_dataset)
     log:
-        f"logs/evaluate/{RUN}.log",
+        f"{LOGS}/evaluate/{RUN}.log",
     benchmark:
-        f"benchmarks/logs/evaluate/{RUN}.tsv"
+        f"{BENCHMARKS}/evaluate/{RUN}.tsv"
     threads: config["train"].get("threads", 1)
     resources:
-        mem_mb=EVAL_MEM_MB,
+        mem_mb=eval_mem_mb,
         runtime=60,
         gpu=GPU,
     conda:
@@ -94,28 +94,28 @@ rule distractor_features:
 rule robustness:
     """Recall per clutter bin (full gallery), on the cluttered subset, and against added distractors."""
     input:
-        checkpoint=f"runs/{RUN}/checkpoint.pt",
+        checkpoint=f"{RUNS}/{RUN}/checkpoint.safetensors",
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
         vocab="features/{dataset}/vocab.json",
         instances="data/{dataset}/instances.json",
         distractors=distractor_features_of,
         # the evaluate stage's saved matrix is reused when there is one
-        **({"matrix": f"results/{RUN}/sim_{EVAL_SPLIT}.npy", "metrics": f"results/{RUN}/metrics.json"}
+        **({"matrix": f"{RESULTS}/{RUN}/sim_{EVAL_SPLIT}.npy", "metrics": f"{RESULTS}/{RUN}/metrics.json"}
            if SAVE_MATRIX else {}),
     output:
-        f"results/{RUN}/robustness.json",
+        f"{RESULTS}/{RUN}/robustness.json",
     params:
         fga=FGA,
         common=COMMON,
         robustness=ROBUST,
-        evaluate=EVAL,
+        evaluate=evaluate_params,  # the dataset's own settings (evaluate.per_dataset)
     log:
-        f"logs/robustness/{RUN}.log",
+        f"{LOGS}/robustness/{RUN}.log",
     benchmark:
-        f"benchmarks/logs/robustness/{RUN}.tsv"
+        f"{BENCHMARKS}/robustness/{RUN}.tsv"
     threads: config["train"].get("threads", 1)
     resources:
-        mem_mb=EVAL_MEM_MB,
+        mem_mb=eval_mem_mb,
         runtime=60,
         gpu=GPU,
     conda:

@@ -3,22 +3,22 @@ rule report:
     input:
         # the report reads MLflow, not these files: they are the outputs of the jobs that logged the runs it
         # reads, so it runs after all of them and again when any of them reran
-        metrics=grid_runs(f"results/{RUN}/metrics.json"),
-        robustness=main_runs(f"results/{RUN}/robustness.json"),
+        metrics=grid_runs(f"{RESULTS}/{RUN}/metrics.json"),
+        robustness=main_runs(f"{RESULTS}/{RUN}/robustness.json"),
     output:
-        tables=directory(config["report"]["tables_dir"]),
-        figures=directory(config["report"]["figures_dir"]),
+        tables=directory(ROOTS.tables),
+        figures=directory(ROOTS.figures),
     params:
         report=config["report"],
         bootstrap=config["evaluate"]["bootstrap"],  # the significance table's paired tests
-        # ablation variants are recognised by their methods' `arch:` key
-        variants={m: s["arch"] for m, s in config["methods"].items() if isinstance(s, dict) and "arch" in s},
+        # the ablation table's variants and labels come from the methods sections (`arch:`, switches)
+        methods=config["methods"],
         fga=FGA,
         common=COMMON,
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     benchmark:
-        "benchmarks/logs/report.tsv"
+        f"{BENCHMARKS}/report.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -6,16 +6,16 @@ rule train:
         val="features/{dataset}/{backbone}/val.h5",
         vocab="features/{dataset}/vocab.json",
     output:
-        "runs/{dataset}/{backbone}/{method}/seed{seed}/checkpoint.pt",
+        f"{RUNS}/{RUN}/checkpoint.safetensors",
     params:
         fga=FGA,
         common=COMMON,
         train=config["train"],
-        method=lambda w: config["methods"].get(w.method, {}),
+        method=lambda w: config["methods"].get(w.method, {}),  # variants resolved (common.smk)
     log:
-        "logs/train/{dataset}/{backbone}/{method}/seed{seed}.log",
+        f"{LOGS}/train/{RUN}.log",
     benchmark:
-        "benchmarks/logs/train/{dataset}/{backbone}/{method}/seed{seed}.tsv"
+        f"{BENCHMARKS}/train/{RUN}.tsv"
     threads: config["train"].get("threads", 1)
     resources:
         mem_mb=6000,

@@ -1,6 +1,6 @@
 """GRM (AAAI 2026): granularity-aware and region-uncertain modelling, on this pipeline's inputs.
 
-GRM.md §1 module by module, on frozen region/grid features and a BiGRU caption encoder:
+docs/grm.md §1 module by module, on frozen region/grid features and a BiGRU caption encoder:
 
     V     = W_v regions                        [B, L_v, d]   (§1.1; the paper fine-tunes ViT/Swin)
     T     = BiGRU(words)                       [B, L_t, d]   (§1.1; the paper fine-tunes BERT)
@@ -10,6 +10,10 @@ GRM.md §1 module by module, on frozen region/grid features and a BiGRU caption 
     S_ori = S(V, T),  S_key = S(V_hat, T_hat),  S_unc = S(U, T_hat)   (§1.5, similarity.py)
     L = a L_tri(S_ori) + b L_tri(S_key) + c L_tri(S_unc)
         + lambda_recon L_recon + lambda_kl L_KL + lambda_ent L_ent     (§1.6-1.7, fga/losses.py)
+        (+ lambda_div L_div, an optional region-diversity term, off by default)
+
+diagnostics.py measures what each module does on real inputs (attention peakedness, region
+distinctness, keep ratios, sigma, each level's own R@1 with and without training noise).
 
 Every choice the paper leaves open is a constructor option; `FAITHFULNESS` lists them with
 their defaults, what the paper says and why the default was picked.
@@ -21,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from fga.losses import attention_entropy, hinge_triplet, kl_gaussian, recon_loss
+from fga.losses import attention_entropy, hinge_triplet, kl_gaussian, recon_loss, region_diversity
 from fga.models.base import Encoded, RetrievalModel
 from fga.models.grm.region_prompt import RegionPrompting
 from fga.models.grm.saliency import TokenSaliencyAdapter
@@ -31,7 +35,7 @@ from fga.models.text_encoder import BiGRUTextEncoder, length_mask
 
 LEVELS = ("ori", "key", "unc")
 
-# (option, default, what GRM.md says, why this default). The README's faithfulness table is built from it.
+# (option, default, what docs/grm.md says, why this default). docs/methods.md's Faithfulness table is built from it.
 FAITHFULNESS: list[dict[str, str]] = [
     {"option": "encoders (not an option)", "default": "frozen CNN region/grid features -> Linear; BiGRU words",
      "paper": "[PAPER] fine-tuned ViT-B/Swin-B patch tokens and BERT-base word tokens, projected to embed_size",
@@ -84,7 +88,7 @@ FAITHFULNESS: list[dict[str, str]] = [
             "max-pooled score by its A in the key/unc means (our addition, flip to 'none' for the literal form)"},
     {"option": "prompt_logit_scale", "default": "1.0",
      "paper": "[NOT FOUND] a scale/temperature inside sigmoid(V_hat P_hat^T); the formula shows none",
-     "why": "literal formula; GRM.md risk 4 warns of saturation, so it is exposed"},
+     "why": "literal formula; docs/grm.md risk 4 warns of saturation, so it is exposed"},
     {"option": "prompt_normalize_features", "default": "False",
      "paper": "[NOT FOUND] whether V_hat is L2-normalised before the dot product (only P_hat is)",
      "why": "literal formula (only the prompts are normalised)"},
@@ -101,10 +105,16 @@ FAITHFULNESS: list[dict[str, str]] = [
     {"option": "var_head", "default": "linear",
      "paper": "[NOT FOUND] architecture of phi in log sigma^2 = phi(mu)",
      "why": "the smallest learnable map; 'mlp' = Linear-ReLU-Linear"},
+    {"option": "sigma_max / logvar_init", "default": "None / None",
+     "paper": "[NOT FOUND] any bound or initialisation of sigma",
+     "why": "the literal log sigma^2 = phi(mu), phi at its default init. A sigma near 1 can swamp features of "
+            "per-dimension size ~0.5-0.9 (train/eval gap of the unc level); sigma_max bounds sigma to "
+            "(0, sigma_max) via sigma_max * sigmoid(phi(mu)), logvar_init starts phi's last layer at weight 0 "
+            "and log sigma^2 = logvar_init"},
     {"option": "sampling (not an option)",
      "default": "closed form: one eps per region, std sigma_k*sqrt(sum_l A_hat_lk^2)",
      "paper": "[PAPER] per-(patch, region) eps_lk aggregated by A_hat",
-     "why": "identical in distribution (GRM.md §1.4) without an L x K x d tensor"},
+     "why": "identical in distribution (docs/grm.md §1.4) without an L x K x d tensor"},
     {"option": "mixture weights (not an option)", "default": "none (implicit, equal)",
      "paper": "[NOT FOUND] no explicit pi_k; the mixture is implicit",
      "why": "each region's sample u_k enters the max-pooled similarity on its own"},
@@ -133,14 +143,23 @@ FAITHFULNESS: list[dict[str, str]] = [
      "why": "the LAPS-base loss"},
     {"option": "recon_form", "default": "mse",
      "paper": "[INFERRED] L_recon aligns mean_k mu_k with mean_l V_hat_l; form unknown",
-     "why": "squared error (averaged over d) is GRM.md's first candidate; 'cos' = 1 - cosine"},
+     "why": "squared error (averaged over d) is docs/grm.md's first candidate; 'cos' = 1 - cosine"},
     {"option": "kl_form", "default": "full",
      "paper": "[INFERRED] KL(N(mu, sigma^2) || N(0, I)); some implementations regularise only the variance",
      "why": "the standard full KL; 'var_only' leaves the means free (averaged over regions and d)"},
+    {"option": "kl_reduction", "default": "mean",
+     "paper": "[INFERRED] 0.5 * sum(mu^2 + sigma^2 - log sigma^2 - 1), summed over K x d",
+     "why": "'mean' (over regions and d) keeps lambda_kl independent of K and embed_dim; 'sum' is the "
+            "spec's sum form, K*d times larger (640x at K=5, d=128)"},
     {"option": "ent_form", "default": "usage",
      "paper": "[INFERRED] entropy regulariser against attention collapse; direction/form unknown",
      "why": "1 - H(prompt usage)/log K penalises all patches going to one prompt; 'region' penalises "
-            "regions collapsing onto few patches"},
+            "regions collapsing onto few patches; neither penalises uniform attention. 'mi' = 1 - "
+            "I(patch; prompt)/log min(K, L): its minimum needs peaked prompts on distinct patches"},
+    {"option": "lambda_div", "default": "0.0",
+     "paper": "[INFERRED] the regularisers keep the regions 'diverse'; no diversity term is named",
+     "why": "off: not in the paper. > 0 adds lambda_div x the mean off-diagonal cosine between an image's "
+            "region means (part of L_reg: use_reg=False zeroes it)"},
     {"option": "lambda_recon / lambda_kl / lambda_ent", "default": "1.0 / 0.01 / 0.1",
      "paper": "[NOT FOUND]",
      "why": "per-sample terms of order 0.01-1, summed over the batch like the hinge; small enough not to "
@@ -171,7 +190,7 @@ FAITHFULNESS: list[dict[str, str]] = [
 
 
 def faithfulness_markdown() -> str:
-    """FAITHFULNESS as the README's markdown table (tests/test_readme.py keeps the README in sync)."""
+    """FAITHFULNESS as docs/methods.md's markdown table (tests/test_readme.py keeps that page in sync)."""
     rows = ["| option | default | what the paper says | why this default |", "|---|---|---|---|"]
     rows += ["| " + " | ".join(r[k].replace("|", "/") for k in ("option", "default", "paper", "why")) + " |"
              for r in FAITHFULNESS]
@@ -193,8 +212,9 @@ class GRM(RetrievalModel):
                  sim_combine: str = "mean", level_weights: Sequence[float] = (0.4, 0.4, 0.2),
                  test_similarity: str = "weighted",
                  recon_form: str = "mse", kl_form: str = "full", ent_form: str = "usage",
+                 kl_reduction: str = "mean", sigma_max: float | None = None, logvar_init: float | None = None,
                  lambda_recon: float = 1.0, lambda_kl: float = 0.01, lambda_ent: float = 0.1,
-                 use_reg: bool = True, sim_chunk_elems: int = 2 ** 24, **_: object):
+                 lambda_div: float = 0.0, use_reg: bool = True, sim_chunk_elems: int = 2 ** 24, **_: object):
         super().__init__()
         if sim_combine not in COMBINES:
             raise ValueError(f"sim_combine must be one of {COMBINES}, got {sim_combine!r}")
@@ -207,7 +227,8 @@ class GRM(RetrievalModel):
         if len(level_weights) != 3 or any(w < 0 for w in level_weights) or sum(level_weights) <= 0:
             raise ValueError(f"level_weights must be 3 non-negative numbers, not all 0, got {level_weights!r}")
         for name, form, ok in (("recon_form", recon_form, ("mse", "cos")), ("kl_form", kl_form, ("full", "var_only")),
-                               ("ent_form", ent_form, ("usage", "region"))):
+                               ("ent_form", ent_form, ("usage", "region", "mi")),
+                               ("kl_reduction", kl_reduction, ("mean", "sum"))):
             if form not in ok:
                 raise ValueError(f"{name} must be one of {ok}, got {form!r}")
 
@@ -219,7 +240,8 @@ class GRM(RetrievalModel):
         self.ga = TokenSaliencyAdapter(embed_dim, **adapter) if use_saliency and use_text_adapter else None
         self.rp = (RegionPrompting(embed_dim, num_prompts, prompt_logit_scale, prompt_normalize_features)
                    if use_region_prompt else None)
-        self.um = RegionUncertainty(embed_dim, var_head, n_samples, eval_mode) if use_uncertainty else None
+        self.um = (RegionUncertainty(embed_dim, var_head, n_samples, eval_mode, sigma_max, logvar_init)
+                   if use_uncertainty else None)
 
         self.margin, self.warmup_epochs = margin, warmup_epochs
         self.no_rp_regions = no_rp_regions
@@ -227,9 +249,11 @@ class GRM(RetrievalModel):
         self.level_weights = dict(zip(LEVELS, (float(w) for w in level_weights)))
         self.test_similarity = test_similarity
         self.recon_form, self.kl_form, self.ent_form = recon_form, kl_form, ent_form
+        self.kl_reduction = kl_reduction
         self.lambda_recon = float(lambda_recon)
         self.lambda_kl = float(lambda_kl) if use_reg else 0.0
         self.lambda_ent = float(lambda_ent) if use_reg else 0.0
+        self.lambda_div = float(lambda_div) if use_reg else 0.0
         self.sim_chunk_elems = sim_chunk_elems
 
     # ----------------------------------------------------------------------------------------- encoders
@@ -240,20 +264,7 @@ class GRM(RetrievalModel):
             v_hat, a_v = self.sa(v, mask)
         else:
             v_hat, a_v = v, mask.to(v.dtype)
-        if self.rp is not None:
-            mu, attn, attn_hat = self.rp(v_hat, mask)
-            spread = attn_hat.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # [B, K]; clamp: finite grad
-            u_mask = torch.ones(mu.shape[:2], dtype=torch.bool, device=mu.device)
-        elif self.no_rp_regions == "tokens":  # every key token is its own region (A_hat = identity)
-            mu, attn = v_hat, None
-            spread = mask.to(v_hat.dtype)
-            u_mask = mask
-        else:  # one region: the masked mean of the key tokens
-            w = mask.to(v_hat.dtype).unsqueeze(-1)
-            w = w / w.sum(dim=1, keepdim=True).clamp(min=1)
-            mu, attn = (w * v_hat).sum(dim=1, keepdim=True), None
-            spread = w.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # [B, 1] = 1/sqrt(n_valid)
-            u_mask = mask.any(dim=1, keepdim=True)
+        mu, attn, spread, u_mask = self.region_means(v_hat, mask)
         if self.um is not None:
             u, logvar = self.um(mu, spread)
         else:
@@ -266,6 +277,22 @@ class GRM(RetrievalModel):
             if attn is not None:
                 out["attn"] = attn
         return out
+
+    def region_means(self, v_hat: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Region means of the key tokens -> (mu [B, K, d], A_r [B, L, K] or None without RP,
+        spread [B, K] = sqrt(sum_l A_hat_lk^2), valid-region mask [B, K])."""
+        if self.rp is not None:
+            mu, attn, attn_hat = self.rp(v_hat, mask)
+            spread = attn_hat.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # [B, K]; clamp: finite grad
+            return mu, attn, spread, torch.ones(mu.shape[:2], dtype=torch.bool, device=mu.device)
+        if self.no_rp_regions == "tokens":  # every key token is its own region (A_hat = identity)
+            return v_hat, None, mask.to(v_hat.dtype), mask
+        # one region: the masked mean of the key tokens
+        w = mask.to(v_hat.dtype).unsqueeze(-1)
+        w = w / w.sum(dim=1, keepdim=True).clamp(min=1)
+        spread = w.pow(2).sum(dim=1).clamp(min=1e-12).sqrt()  # [B, 1] = 1/sqrt(n_valid)
+        return (w * v_hat).sum(dim=1, keepdim=True), None, spread, mask.any(dim=1, keepdim=True)
 
     def encode_text(self, tokens: torch.Tensor, lengths: torch.Tensor) -> Encoded:
         t = self.txt(tokens, lengths)
@@ -372,12 +399,16 @@ class GRM(RetrievalModel):
             parts["recon"] = recon_loss(region_mean, patch_mean, self.recon_form).sum()
             total = total + self.lambda_recon * parts["recon"]
         if self.lambda_kl > 0 and "logvar" in img:
-            parts["kl"] = kl_gaussian(img["mu"], img["logvar"], img["u_mask"], self.kl_form).sum()
+            parts["kl"] = kl_gaussian(img["mu"], img["logvar"], img["u_mask"], self.kl_form, self.kl_reduction).sum()
             total = total + self.lambda_kl * parts["kl"]
         if self.lambda_ent > 0 and "attn" in img:
             parts["ent"] = attention_entropy(img["attn"], img["mask"], self.ent_form).sum()
             total = total + self.lambda_ent * parts["ent"]
+        if self.lambda_div > 0 and "attn" in img:  # only prompt regions: token regions need not differ
+            parts["div"] = region_diversity(img["mu"], img["u_mask"]).sum()
+            total = total + self.lambda_div * parts["div"]
+        # "div" is logged only when on, so the default run's history keeps its columns
         logs = {name: float(parts[name].detach()) if name in parts else 0.0
-                for name in ("ori", "key", "unc", "recon", "kl", "ent")}
+                for name in ("ori", "key", "unc", "recon", "kl", "ent") + (("div",) if self.lambda_div > 0 else ())}
         logs["total"] = float(total.detach())
         return total, logs

@@ -7,7 +7,7 @@
 
 Sigmoid (not softmax over prompts) lets one patch belong to several regions. The paper's
 formula has s = 1 and f = identity; whether V_hat is L2-normalised first and whether a scale
-sits inside the sigmoid are not known (GRM.md §1.3, risk 4), so both are options:
+sits inside the sigmoid are not known (docs/grm.md §1.3, risk 4), so both are options:
 `logit_scale` (s) and `normalize_features` (f = L2-normalise). Padding patches get A_r = 0.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """GRM §1.2: the significance-aware (visual, SA) and granularity-aware (text, GA) adapters.
 
-Both adapters share this structure and have separate parameters (GRM.md §1.2):
+Both adapters share this structure and have separate parameters (docs/grm.md §1.2):
 
     logits = Linear_2( act( Linear_1(X) ) )          in R^{L x 2}   (index 0 = keep, 1 = drop)
     A      = GumbelSoftmax(logits, tau)[:, keep]      in [0, 1]^L    (training)

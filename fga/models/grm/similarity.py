@@ -7,7 +7,7 @@ s_ij = cos(x_i, y_j):
     S_i2t = sum_i w_i * max_j s_ij / sum_i w_i        (each visual token finds its best word)
     S     = combine(S_t2i, S_i2t),  combine in {"mean": (a+b)/2, "sum": a+b, "t2i": a, "i2t": b}
 
-With all pooling weights w = 1 these are the plain means of GRM.md §1.5. The optional weights
+With all pooling weights w = 1 these are the plain means of docs/grm.md §1.5. The optional weights
 carry the adapters' saliency scores into the pooling (GRM model option `saliency_pooling`);
 padded tokens always get weight 0 and are excluded from every max.
 

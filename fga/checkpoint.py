@@ -1,0 +1,120 @@
+"""The two checkpoint files of a run directory (runs/<dataset>/<backbone>/<method>/seed<k>/).
+
+`checkpoint.safetensors`, the run's result (a declared pipeline output): the best-val-rSum weights
+of the model as tensors `model.<name>` and, in finetune mode, of the region source (the trained
+backbone) as `region_source.<name>`; the run's metadata (run hash, params, history, best epoch and
+rSum, ...) as canonical JSON (sorted keys) under the header metadata key `fga`. safetensors has no
+pickle and no random serialization id, and the metadata holds no wall-clock times, so the same
+params and seed give byte-identical files on the same machine.
+
+`last.pt`, the state to resume from after the last finished epoch (model, region source,
+optimizer, scheduler, GradScaler, every rank's RNG states, best weights so far, history): written
+with `torch.save`, read with `torch.load(weights_only=True)`.
+
+Both are written atomically (temp file, fsync, rename); a truncated or foreign file is a one-line
+UserError naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fga.errors import UserError
+from fga.io import atomic_path
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+RESUME_FILE = "last.pt"
+META_KEY = "fga"
+GROUPS = ("model", "region_source")
+FIX = "delete it and re-run `fga train`"
+
+
+def _write_synced(path: Path, write: Any) -> None:
+    with atomic_path(path) as tmp:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON text of `obj`: sorted keys, no spaces (equal objects, equal bytes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def save_checkpoint(path: Path, model: dict[str, torch.Tensor], region_source: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> None:
+    """Write checkpoint.safetensors: both state dicts' tensors and `meta` (JSON-able) in the header."""
+    from safetensors.torch import save
+
+    # clones: safetensors refuses tensors that share memory (tied weights)
+    tensors = {f"{group}.{name}": t.detach().cpu().contiguous().clone()
+               for group, state in zip(GROUPS, (model, region_source)) for name, t in state.items()}
+    data = save(tensors, metadata={META_KEY: canonical_json(meta)})
+    _write_synced(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """checkpoint.safetensors -> {"model": state dict, "region_source": state dict, "meta": dict}."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found; run `fga train` for this run first")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # truncated, random bytes, another format (a torch.save zip, ...)
+        raise UserError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}); {FIX}") from None
+    try:
+        meta = json.loads(header[META_KEY])
+    except (KeyError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: not an fga checkpoint (no `{META_KEY}` metadata); {FIX}")
+    state: dict[str, Any] = {group: {} for group in GROUPS}
+    for name, tensor in tensors.items():
+        group, _, key = name.partition(".")
+        if group not in state:
+            raise UserError(f"{path}: not an fga checkpoint (tensor {name!r}); {FIX}")
+        state[group][key] = tensor
+    return {**state, "meta": meta}
+
+
+def save_resume_state(path: Path, state: dict[str, Any]) -> None:
+    """Write last.pt (torch.save of tensors, numbers, strings, lists and dicts only)."""
+    _write_synced(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_resume_state(path: Path, expect_hash: str) -> dict[str, Any] | None:
+    """last.pt if it resumes this run; None when there is none or it was trained with other params.
+
+    A truncated, foreign or incomplete file is a UserError and is left in place.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, pickle of unknown objects, ...
+        raise UserError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}); {FIX}") from None
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("meta"), dict):
+        raise UserError(f"{path}: not an fga checkpoint; {FIX}")
+    if state["meta"].get("run_hash") != expect_hash:
+        return None
+    missing = [k for k in ("optimizer", "scheduler") if k not in state]
+    missing += [] if state.get("rng") or "torch_rng" in state else ["rng"]
+    if missing or "epoch" not in state["meta"]:
+        raise UserError(f"{path}: not a resumable fga checkpoint (no {', '.join(missing) or 'epoch'}); {FIX}")
+    return state
+
+
+def remove_partial_saves(run_dir: Path) -> None:
+    """Delete the temp files a killed save left behind."""
+    for name in (RESUME_FILE, CHECKPOINT_FILE):
+        for stale in Path(run_dir).glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)

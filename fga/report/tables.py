@@ -1,0 +1,67 @@
+"""How every report table is summarised, formatted and written: seed means (fga.evaluate.stats.over_seeds),
+"mean ± std" cells, and each table as Markdown, LaTeX (booktabs) and CSV with its provenance CSV beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fga.evaluate.stats import over_seeds
+from fga.io import atomic_path
+from fga.report.runs import COLUMNS, KEYS, present
+
+HEADERS = {"i2t_R1": "i2t R@1", "i2t_R5": "i2t R@5", "i2t_R10": "i2t R@10",
+           "t2i_R1": "t2i R@1", "t2i_R5": "t2i R@5", "t2i_R10": "t2i R@10", "rsum": "rSum"}
+DASH = "—"
+
+
+def summarise(runs: pd.DataFrame, keys: list[str] = KEYS, columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """Mean and sample std over seeds (`<name>_mean`, `<name>_std`), the number of seeds per cell, and the
+    seed-mean of the per-run bootstrap CI bounds (`<name>_ci_lo_mean`, ...) where the runs carry them."""
+    out = over_seeds(runs, keys, columns, present(runs, [f"{c}_ci_{b}" for c in columns for b in ("lo", "hi")]))
+    if "weights" in runs:
+        out["weights"] = runs.groupby(keys, sort=True)["weights"].first()
+    return out.reset_index()
+
+
+def pm(mean: float, std: float) -> str:
+    """A "mean ± std" cell (a dash without a mean)."""
+    return DASH if pd.isna(mean) else f"{mean:.1f} ± {std:.1f}"
+
+
+def display(summary: pd.DataFrame, keys: list[str] = KEYS, confidence: float = 0.95) -> pd.DataFrame:
+    """The shown table of a summary: its keys, weights and seeds, a "mean ± std" cell per recall, the rSum CI."""
+    extra = [c for c in ("weights", "seeds") if c in summary]
+    table = summary[keys + extra].copy()
+    for c in COLUMNS:
+        table[HEADERS[c]] = [pm(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
+    if "rsum_ci_lo_mean" in summary:
+        table[f"rSum {confidence:.0%} CI"] = [DASH if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
+                                              for lo, hi in zip(summary["rsum_ci_lo_mean"], summary["rsum_ci_hi_mean"])]
+    return table.rename(columns={k: k.capitalize() for k in keys + extra})
+
+
+def markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, table.columns)) + " |\n|" + "|".join("---" for _ in table.columns) + "|\n"
+    return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+
+
+def latex(table: pd.DataFrame, caption: str) -> str:
+    styler = table.style.hide(axis="index").format(escape="latex", precision=1, na_rep=DASH)
+    styler = styler.format_index(escape="latex", axis=1)
+    tex = styler.to_latex(hrules=True, caption=caption.replace("%", r"\%"), position="t", position_float="centering")
+    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace(DASH, "--")
+
+
+def write_table(out: Path, name: str, title: str, note: str, shown: pd.DataFrame, data: pd.DataFrame,
+                provenance: pd.DataFrame) -> list[str]:
+    """name.md (title, note, table), name.csv (the numbers), name.tex, name_provenance.csv."""
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text(f"# {title}\n\n{note}\n\n" + markdown(shown))
+    with atomic_path(out / f"{name}.csv") as tmp:
+        data.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(out / f"{name}.tex") as tmp:
+        tmp.write_text(latex(shown, title))
+    with atomic_path(out / f"{name}_provenance.csv") as tmp:
+        provenance.to_csv(tmp, index=False, float_format="%.4f")
+    return [f"{name}.{ext}" for ext in ("md", "csv", "tex")] + [f"{name}_provenance.csv"]

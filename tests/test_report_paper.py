@@ -1,0 +1,16 @@
+"""fga.report.paper: the paper's numbers in a table of their own, never as measured rows."""
+from __future__ import annotations
+
+import pandas as pd
+
+from fga.report.paper import PAPER_GRM_RSUM, PAPER_SOURCE, paper_table
+
+
+def test_paper_table_is_labelled_and_has_no_run(tmp_path):
+    paper_table(tmp_path)
+    assert "paper (not measured here)" in (tmp_path / "paper_reference.md").read_text()
+    data = pd.read_csv(tmp_path / "paper_reference.csv")
+    assert (data["source"] == "paper (not measured here)").all() and len(data) == len(PAPER_GRM_RSUM)
+    prov = pd.read_csv(tmp_path / "paper_reference_provenance.csv", keep_default_na=False)
+    assert (prov["source"] == PAPER_SOURCE).all() and (prov["run_id"] == "").all() and len(prov) == 12
+    assert "| Swin-B-384 | 550.7 | 548.0 | 478.3 |" in (tmp_path / "paper_reference.md").read_text()

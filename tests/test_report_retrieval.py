@@ -1,0 +1,31 @@
+"""fga.report.retrieval: the main table and the QB-Norm table from evaluate-run frames."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from fga.report.retrieval import main_table, qbnorm_table
+from report_frames import evaluation_frame
+
+
+def test_main_table_notes_an_incomplete_grid_and_names_every_run(tmp_path):
+    runs = evaluation_frame([("grm", 0, 30.0), ("grm", 1, 31.0), ("vse", 0, 20.0)])
+    missing = [f"d/b/vse/seed{s}" for s in range(1, 11)]
+    summary = main_table(runs, tmp_path, missing, confidence=0.9)
+    assert list(summary["seeds"]) == [2, 1]
+    md = (tmp_path / "main.md").read_text()
+    assert "no evaluate run for 10 cell(s)" in md and "d/b/vse/seed8, ..." in md and "d/b/vse/seed9" not in md
+    assert "rSum 90% CI" in md and "The rSum 90% CI is the seed-mean" in md
+    prov = pd.read_csv(tmp_path / "main_provenance.csv")
+    assert list(prov["run_id"]) == ["grm-0", "grm-1", "vse-0"] and {"rsum_ci_lo", "rsum_ci_hi"} <= set(prov)
+
+
+def test_qbnorm_table_delta_against_the_same_runs(tmp_path, capsys):
+    assert not qbnorm_table(evaluation_frame([("grm", 0, 30.0)]), tmp_path, quiet=False)
+    assert "QB-Norm table skipped" in capsys.readouterr().out
+    runs = evaluation_frame([("grm", 0, 30.0), ("grm", 1, 31.0), ("vse", 0, 20.0)], qb=True)
+    runs.loc[runs["method"] == "vse", "qb_rsum"] = float("nan")  # vse ran without QB-Norm
+    assert qbnorm_table(runs, tmp_path, quiet=True)
+    qb = pd.read_csv(tmp_path / "qbnorm.csv")
+    assert list(qb["method"]) == ["grm"] and qb["delta_rsum"].tolist() == pytest.approx([6.0])
+    assert "+6.0" in (tmp_path / "qbnorm.md").read_text() and "rsum_ci_lo_mean" not in qb
