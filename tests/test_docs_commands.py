@@ -116,7 +116,7 @@ class Context:
 def make_recipe(target: str, *expected: str) -> Callable[[str, Context], None]:
     """Dry: `make -n <target>` in the checkout prints the recipe the docs describe."""
     def check(command: str, ctx: Context) -> None:
-        out = sh(f"make -n -o .venv/.installed-stamp {target}", ROOT).stdout
+        out = sh(f"make --no-print-directory -n -o .venv/.installed-stamp {target}", ROOT).stdout
         for text in expected:
             assert text in out, f"`make -n {target}` does not run {text!r}:\n{out}"
     return check
@@ -124,7 +124,7 @@ def make_recipe(target: str, *expected: str) -> Callable[[str, Context], None]:
 
 def make_dry_run(command: str, ctx: Context) -> None:
     """Real: the recipe of `make dry-run` (itself `snakemake -n`) in the tiny project."""
-    recipe = sh("make -n -o .venv/.installed-stamp dry-run", ROOT).stdout.strip().splitlines()[-1]
+    recipe = sh("make --no-print-directory -n -o .venv/.installed-stamp dry-run", ROOT).stdout.strip().splitlines()[-1]
     assert recipe.startswith("snakemake -n"), recipe
     assert "train" in sh(recipe, ctx.tiny).stdout
 
