@@ -60,7 +60,8 @@ bench: $(STAMP)
 test: $(STAMP)
 	python -m pytest -q $(PYTEST_ARGS)
 
-# refresh the README's MLflow UI screenshot (reports/mlflow_ui.png); plain test runs leave it untouched
+# refresh the docs' MLflow UI screenshots (reports/mlflow_ui.png: runs list with the seed means;
+# reports/mlflow_ui_table.png: the report's main table); plain test runs leave them untouched
 screenshots: $(STAMP)
 	FGA_UPDATE_SCREENSHOTS=1 python -m pytest -q tests/test_mlflow_ui.py
 

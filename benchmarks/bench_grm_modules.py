@@ -2,13 +2,15 @@
 prints, per variant x backbone, the test rSum and the module diagnostics of fga.models.grm.diagnostics.
 
 Each variant is the project's own `methods.grm` section plus a few options, trained by fga.train.train
-(the project's train section: epochs, batch, schedule) for one seed, CPU, `train.threads` = 1. Test rSum
+(the project's train section: epochs, batch, schedule) for each of `--seeds` (default 0), CPU, `train.threads` = 1,
+one training at a time. With several seeds the table shows mean +- std over them. Test rSum
 is the full-split rank_metrics of the weighted similarity (what validation computes, on the test split);
 the diagnostics are taken on the first `--max-images` test images and their captions, in eval mode
 and in train mode (noise on).
 
     python benchmarks/bench_grm_modules.py --project /path/to/project [--backbones lite0_grid lite0_roi]
-        [--variants default mi_0.1 ...] [--max-images 200] [--json out.json] [--epochs N (a quick check)]
+        [--variants default mi_0.1 ...] [--seeds 0 1 2] [--max-images 200] [--json out.json]
+        [--epochs N (a quick check)]
 
 The project directory needs data/<dataset>/dataset.json, features/<dataset>/{<backbone>/, vocab.json}
 and the params.yaml those features were extracted with. Runs are written to a temporary directory.
@@ -19,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +36,14 @@ from fga.models.grm.diagnostics import grm_diagnostics
 from fga.runs import build_for
 from fga.train import train, validation_rsum
 
-# variant name -> options over methods.grm (the default section is today's behaviour)
+# variant name -> options over methods.grm (the default section is today's behaviour). The defaults ent_form mi and
+# sigma_max 0.25 were chosen with this script (docs/grm.md §10); the first four rows reproduce that comparison
+# from today's params.yaml, the rest are relative to whatever the project's methods.grm says.
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "previous_default": {"ent_form": "usage", "sigma_max": None},  # before the measured choice
+    "ent_usage": {"ent_form": "usage"},  # the previous regulariser, sigma bounded
+    "sigma_unbounded": {"sigma_max": None},  # mi, sigma unbounded
     "mi_0.1": {"ent_form": "mi", "lambda_ent": 0.1},
     "mi_1": {"ent_form": "mi", "lambda_ent": 1.0},
     "div_0.1": {"lambda_div": 0.1},
@@ -49,6 +57,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mi_0.1+sigma_max_0.25": {"ent_form": "mi", "lambda_ent": 0.1, "sigma_max": 0.25},
     "div_0.1+sigma_max_0.25": {"lambda_div": 0.1, "sigma_max": 0.25},
     "no_rp+sigma_max_0.25": {"use_region_prompt": False, "sigma_max": 0.25},
+    "mi_0.1+sigma_max_0.25+pool_none": {"ent_form": "mi", "lambda_ent": 0.1, "sigma_max": 0.25,
+                                        "saliency_pooling": "none"},
+    # Fig. 4a: the number of region prompts K (5 = default)
+    **{f"k{k}": {"num_prompts": k} for k in (1, 3, 10, 20, 50)},
 }
 
 COLUMNS = [("rsum", "rSum"), ("prompt_entropy", "H_att"), ("usage_entropy", "H_use"), ("region_cos", "cos_kk"),
@@ -67,12 +79,13 @@ def variant_cfg(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
-def measure(cfg: dict[str, Any], dataset: str, backbone: str, name: str, runs: Path, max_images: int) -> dict[str, float]:
-    """Train one variant (seed 0), then its test rSum and diagnostics."""
+def measure(cfg: dict[str, Any], dataset: str, backbone: str, name: str, runs: Path, max_images: int,
+            seed: int = 0) -> dict[str, float]:
+    """Train one variant for one seed, then its test rSum and diagnostics."""
     cfg = variant_cfg(cfg, name)
-    run_dir = runs / backbone / name
+    run_dir = runs / backbone / name / f"seed{seed}"
     started = time.time()
-    meta = train(cfg, dataset, backbone, name, 0, run_dir, quiet=True)
+    meta = train(cfg, dataset, backbone, name, seed, run_dir, quiet=True)
     model = build_for(cfg, name, dataset, backbone, meta["img_dim"])
     model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_FILE)["model"])
     model.eval()
@@ -86,13 +99,27 @@ def measure(cfg: dict[str, Any], dataset: str, backbone: str, name: str, runs: P
     return row
 
 
-def table(results: dict[tuple[str, str], dict[str, float]]) -> str:
-    head = ["backbone", "variant"] + [label for _, label in COLUMNS]
+def _cell(key: str, values: list[float]) -> str:
+    """One table cell: the value, or mean +- std (sample, n-1) over seeds."""
+    if not values:
+        return "-"
+    digits = 1 if key == "rsum" or "_R1_" in key else 3
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(results: dict[tuple[str, str, int], dict[str, float]]) -> str:
+    """Markdown: one row per backbone x variant, each cell over the seeds measured."""
+    head = ["backbone", "variant", "seeds"] + [label for _, label in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (backbone, variant), row in results.items():
-        cells = [f"{row[key]:.1f}" if key == "rsum" or "_R1_" in key else f"{row[key]:.3f}" if key in row else "-"
-                 for key, _ in COLUMNS]
-        lines.append("| " + " | ".join([backbone, variant] + cells) + " |")
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for (backbone, variant, _seed), row in results.items():
+        groups.setdefault((backbone, variant), []).append(row)
+    for (backbone, variant), rows in groups.items():
+        cells = [_cell(key, [r[key] for r in rows if key in r]) for key, _ in COLUMNS]
+        lines.append("| " + " | ".join([backbone, variant, str(len(rows))] + cells) + " |")
     return "\n".join(lines)
 
 
@@ -102,6 +129,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--backbones", nargs="+", default=["lite0_grid", "lite0_roi"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max-images", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write every measured value here")
     parser.add_argument("--epochs", type=int, help="override train.epochs (default: the project's budget)")
@@ -112,18 +140,22 @@ def main() -> None:
     cfg = load_params(Path("params.yaml"))
     if args.epochs is not None:
         cfg["train"]["epochs"] = args.epochs
-    results: dict[tuple[str, str], dict[str, float]] = {}
+    results: dict[tuple[str, str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_grm_") as runs:
         for backbone in args.backbones:
-            for variant in args.variants:
-                results[backbone, variant] = measure(cfg, args.dataset, backbone, variant, Path(runs), args.max_images)
-                print(f"{backbone} {variant}: rsum={results[backbone, variant]['rsum']:.1f} "
-                      f"({results[backbone, variant]['seconds']:.0f} s)", flush=True)
-    print(f"\nepochs={cfg['train']['epochs']} batch={cfg['train']['batch_size']} seed=0 threads=1 "
+            for seed in args.seeds:
+                for variant in args.variants:
+                    row = measure(cfg, args.dataset, backbone, variant, Path(runs), args.max_images, seed)
+                    results[backbone, variant, seed] = row
+                    print(f"{backbone} {variant} seed{seed}: rsum={row['rsum']:.1f} ({row['seconds']:.0f} s)",
+                          flush=True)
+                    if json_path:  # after every run, so an interrupted sweep keeps what it measured
+                        json_path.write_text(json.dumps({f"{b}/{v}/seed{s}": r for (b, v, s), r in results.items()},
+                                                        indent=1))
+    seeds = " ".join(str(s) for s in args.seeds)
+    print(f"\nepochs={cfg['train']['epochs']} batch={cfg['train']['batch_size']} seeds={seeds} threads=1 "
           f"diagnostics on {args.max_images} test images; R@1 in %\n")
     print(table(results), flush=True)
-    if json_path:
-        json_path.write_text(json.dumps({f"{b}/{v}": row for (b, v), row in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `checkpoint.safetensors`, the run's result (a declared pipeline output): the best-val-rSum weights
 of the model as tensors `model.<name>` and, in finetune mode, of the region source (the trained
 backbone) as `region_source.<name>`; the run's metadata (run hash, params, history, best epoch and
-rSum, ...) as canonical JSON (sorted keys) under the header metadata key `fga`. safetensors has no
+rSum, ...) as canonical JSON (sorted keys) under the header metadata key `fga` (the header's only key:
+safetensors writes several in a random order). safetensors has no
 pickle and no random serialization id, and the metadata holds no wall-clock times, so the same
 params and seed give byte-identical files on the same machine.
 
@@ -12,10 +13,15 @@ optimizer, scheduler, GradScaler, every rank's RNG states, best weights so far, 
 with `torch.save`, read with `torch.load(weights_only=True)`.
 
 Both are written atomically (temp file, fsync, rename); a truncated or foreign file is a one-line
-UserError naming it.
+UserError naming it. Both carry a content digest checked before use (fga.integrity): the key
+`content_sha256` of the safetensors `fga` metadata (over the rest of the metadata and the tensor bytes),
+the last.pt key `integrity_sha256` (over the rest of the state); a file whose bytes changed on disk is a
+one-line UserError, never loaded.
+Files written before the digests existed have none and load unchecked.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,11 +30,14 @@ from typing import Any
 import torch
 
 from fga.errors import UserError
+from fga.integrity import check_once, file_sha256, tree_sha256
 from fga.io import atomic_path
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 RESUME_FILE = "last.pt"
 META_KEY = "fga"
+DIGEST_KEY = "content_sha256"  # in the `fga` metadata of checkpoint.safetensors
+STATE_DIGEST_KEY = "integrity_sha256"  # in last.pt
 GROUPS = ("model", "region_source")
 FIX = "delete it and re-run `fga train`"
 
@@ -53,8 +62,31 @@ def save_checkpoint(path: Path, model: dict[str, torch.Tensor], region_source: d
     # clones: safetensors refuses tensors that share memory (tied weights)
     tensors = {f"{group}.{name}": t.detach().cpu().contiguous().clone()
                for group, state in zip(GROUPS, (model, region_source)) for name, t in state.items()}
-    data = save(tensors, metadata={META_KEY: canonical_json(meta)})
+    meta_json = canonical_json({k: v for k, v in meta.items() if k != DIGEST_KEY})
+    body = _tensor_bytes(save(tensors, metadata={META_KEY: meta_json}))
+    # the tensor bytes do not depend on the header's metadata: serialise again with their digest in it
+    stamped = canonical_json({**json.loads(meta_json), DIGEST_KEY: _digest(meta_json, body)})
+    data = save(tensors, metadata={META_KEY: stamped})
     _write_synced(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def _tensor_bytes(data: bytes) -> bytes:
+    """The tensor buffer of serialised safetensors (after the 8-byte length and the JSON header)."""
+    return data[8 + int.from_bytes(data[:8], "little"):]
+
+
+def _digest(meta_json: str, body: bytes) -> str:
+    return hashlib.sha256(meta_json.encode() + body).hexdigest()
+
+
+def _verify_checkpoint(path: Path, meta: dict[str, Any]) -> None:
+    """Pop the recorded digest (if any) from `meta` and check it against the rest of it and the tensor bytes."""
+    expected = meta.pop(DIGEST_KEY, None)
+    if expected is None:
+        return
+    with open(path, "rb") as f:
+        offset = 8 + int.from_bytes(f.read(8), "little")
+    check_once(path, str(expected), lambda: file_sha256(path, offset, canonical_json(meta).encode()), "fga train")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -76,6 +108,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         meta = None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: not an fga checkpoint (no `{META_KEY}` metadata); {FIX}")
+    _verify_checkpoint(path, meta)
     state: dict[str, Any] = {group: {} for group in GROUPS}
     for name, tensor in tensors.items():
         group, _, key = name.partition(".")
@@ -86,8 +119,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def save_resume_state(path: Path, state: dict[str, Any]) -> None:
-    """Write last.pt (torch.save of tensors, numbers, strings, lists and dicts only)."""
-    _write_synced(Path(path), lambda tmp: torch.save(state, tmp))
+    """Write last.pt (torch.save of tensors, numbers, strings, lists and dicts only), with its content digest."""
+    stamped = {**state, STATE_DIGEST_KEY: tree_sha256(state)}
+    _write_synced(Path(path), lambda tmp: torch.save(stamped, tmp))
 
 
 def load_resume_state(path: Path, expect_hash: str) -> dict[str, Any] | None:
@@ -104,6 +138,9 @@ def load_resume_state(path: Path, expect_hash: str) -> dict[str, Any] | None:
         raise UserError(f"{path}: unreadable checkpoint ({exc.__class__.__name__}); {FIX}") from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("meta"), dict):
         raise UserError(f"{path}: not an fga checkpoint; {FIX}")
+    expected = state.pop(STATE_DIGEST_KEY, None)
+    if expected is not None:
+        check_once(path, expected, lambda: tree_sha256(state), "fga train")
     if state["meta"].get("run_hash") != expect_hash:
         return None
     missing = [k for k in ("optimizer", "scheduler") if k not in state]

@@ -1,16 +1,81 @@
 """The `fga` command: one verb per pipeline stage, each reading params.yaml (+ --set overrides).
 
 User errors (bad params, missing or corrupt inputs) print one line and exit with status 2.
+With FGA_STARTUP_LOG=FILE set, every run appends one JSON line to FILE: when the process started, when its
+start-up (imports, params) ended, when it ended, its seconds in MLflow logging and the heavy packages it loaded
+(read by benchmarks/bench_workflow.py).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
+import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fga.errors import UserError
+
+STARTUP_LOG_ENV = "FGA_STARTUP_LOG"
+# Packages a pipeline job should load only in the verbs that use them (bench_workflow.py, tests/test_cli.py)
+HEAVY_PACKAGES = ("timm", "mlflow", "seaborn", "matplotlib", "pandas", "torchvision", "torch._dynamo")
+
+
+def process_start_time() -> float:
+    """Epoch seconds at which this process started (Linux /proc, 10 ms ticks); now where /proc is unreadable."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_after_boot = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - (uptime - started_after_boot)
+
+
+def loaded_heavy_packages() -> list[str]:
+    return [name for name in HEAVY_PACKAGES if name in sys.modules]
+
+
+class JobTimeline:
+    """Where one fga process spent its wall time: start-up (interpreter, imports, params) until `ready`,
+    the work, and the time inside experiment tracking; appended to $FGA_STARTUP_LOG for bench_workflow.py."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.started = process_start_time()
+        self.ready_at: float | None = None
+        self.packages_at_ready: list[str] = []
+        self.tracking_s = 0.0
+
+    def ready(self) -> None:
+        """Mark the end of start-up: the verb's modules are imported and its params loaded."""
+        if self.ready_at is None:
+            self.ready_at = time.time()
+            self.packages_at_ready = loaded_heavy_packages()
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.tracking_s += time.perf_counter() - t0
+
+    def record(self, path: str, status: int) -> None:
+        """Append one JSON line; a single O_APPEND write, so parallel jobs never interleave their lines."""
+        ended = time.time()
+        line = json.dumps({"verb": self.verb, "argv": sys.argv[1:], "pid": os.getpid(), "status": status,
+                           "started": self.started, "ready": self.ready_at or ended, "ended": ended,
+                           "tracking_s": round(self.tracking_s, 4), "packages_at_ready": self.packages_at_ready,
+                           "packages_at_end": loaded_heavy_packages()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -46,16 +111,19 @@ def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     if a.dataset == "synthetic":
         from fga.data.synthetic import generate
 
+        a.timeline.ready()
         generate(out, progress=not a.quiet, dry_run=a.dry_run, **cfg["data"]["synthetic"])
     else:
         from fga.data.prepare import prepare
 
+        a.timeline.ready()
         prepare(a.dataset, cfg["data"].get(a.dataset, {}), out, dry_run=a.dry_run, progress=not a.quiet)
 
 
 def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.text import build_vocab_file
 
+    a.timeline.ready()
     build_vocab_file(Path("data") / a.dataset / "dataset.json", Path("features") / a.dataset / "vocab.json",
                      cfg["features"]["text"]["min_count"])
 
@@ -63,12 +131,14 @@ def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 def cmd_features_text_encode(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.text import extract_text, text_store_dir
 
+    a.timeline.ready()
     extract_text(cfg, a.dataset, a.encoder, Path("data") / a.dataset, text_store_dir(a.dataset, a.encoder), quiet=a.quiet)
 
 
 def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.build import build_features
 
+    a.timeline.ready()
     data_dir = Path("data") / a.dataset
     if not (data_dir / "dataset.json").exists():
         raise UserError(f"{data_dir / 'dataset.json'} not found; run `fga data prepare --dataset {a.dataset}` first")
@@ -87,10 +157,11 @@ def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
-    from fga.tracking import log_run
+    from fga.tracking_sync import log_or_keep as log_run
     from fga.tracking_params import resolved_run_params
     from fga.train import train
 
+    a.timeline.ready()
     meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir(cfg, "runs", a), quiet=a.quiet)
     if meta.get("rank", 0) != 0:
         return  # under torchrun only rank 0 logs the run
@@ -99,35 +170,40 @@ def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
         for k, v in row.items():
             if k != "epoch":
                 steps.setdefault(k, []).append((row["epoch"], v))
-    log_run(cfg, _key(a, "train"), params=resolved_run_params(cfg, a.backbone, a.method),
-            metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"]},
-            step_metrics=steps, tags=_provenance(cfg, a))
+    with a.timeline.tracking():
+        log_run(cfg, _key(a, "train"), params=resolved_run_params(cfg, a.backbone, a.method),
+                metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"]},
+                step_metrics=steps, tags=_provenance(cfg, a),
+                checkpoint=run_dir(cfg, "runs", a) / "checkpoint.safetensors")  # logged if tracking.log_checkpoints
 
 
 def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.config import evaluation_section
     from fga.evaluate.run import evaluate, mlflow_metrics
     from fga.io import write_json
-    from fga.tracking import log_run
+    from fga.tracking_sync import log_or_keep as log_run
     from fga.tracking_params import resolved_run_params
 
+    a.timeline.ready()
     out_dir = run_dir(cfg, "results", a)
     metrics = evaluate(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir(cfg, "runs", a) / "checkpoint.safetensors",
                        quiet=a.quiet, out_dir=out_dir)
     out = out_dir / "metrics.json"
     write_json(out, metrics)  # last: its presence means ranks.npz (and the matrix) are complete
-    log_run(cfg, _key(a, "evaluate"),
-            params={**resolved_run_params(cfg, a.backbone, a.method), "evaluate": evaluation_section(cfg, a.dataset)},
-            metrics=mlflow_metrics(metrics),
-            tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
-                  "split": metrics["split"], "weights_source": metrics["weights_source"]},
-            artifacts=[out, out_dir / "ranks.npz", out_dir / "attention.json"])
+    with a.timeline.tracking():
+        log_run(cfg, _key(a, "evaluate"),
+                params={**resolved_run_params(cfg, a.backbone, a.method), "evaluate": evaluation_section(cfg, a.dataset)},
+                metrics=mlflow_metrics(metrics),
+                tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
+                      "split": metrics["split"], "weights_source": metrics["weights_source"]},
+                artifacts=[out, out_dir / "ranks.npz", out_dir / "attention.json"])
 
 
 def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     if a.action == "distractors":
         from fga.evaluate.robustness_run import make_distractor_data, make_distractor_features
 
+        a.timeline.ready()
         if a.backbone is None:
             make_distractor_data(cfg, a.n, quiet=a.quiet)
         else:
@@ -138,35 +214,52 @@ def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
         raise UserError(f"fga robustness needs {', '.join(missing)} (or the `distractors` action)")
     from fga.evaluate.robustness_run import mlflow_metrics, robustness
     from fga.io import write_json
-    from fga.tracking import log_run
+    from fga.tracking_sync import log_or_keep as log_run
 
+    a.timeline.ready()
     out_dir = run_dir(cfg, "results", a)
     checkpoint = run_dir(cfg, "runs", a) / "checkpoint.safetensors"
     result = robustness(cfg, a.dataset, a.backbone, a.method, a.seed, checkpoint, quiet=a.quiet, results_dir=out_dir)
     out = out_dir / "robustness.json"
     write_json(out, result)
-    log_run(cfg, _key(a, "robustness"), params={"robustness": cfg.get("robustness", {})},
-            metrics=mlflow_metrics(result),
-            tags={**_provenance(cfg, a), "protocol": result["protocol"], "split": result["split"],
-                  "weights_source": result["weights_source"]}, artifacts=[out])
+    with a.timeline.tracking():
+        log_run(cfg, _key(a, "robustness"), params={"robustness": cfg.get("robustness", {})},
+                metrics=mlflow_metrics(result),
+                tags={**_provenance(cfg, a), "protocol": result["protocol"], "split": result["split"],
+                      "weights_source": result["weights_source"]}, artifacts=[out])
 
 
 def cmd_report(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     if a.compare is not None:
         from fga.report.compare import experiment_names, write_comparison
 
+        a.timeline.ready()
         write_comparison(cfg, experiment_names(a.compare), quiet=a.quiet)
         return
     from fga.report import write_report
 
+    a.timeline.ready()
     if a.from_files:
         cfg = {**cfg, "report": {**cfg["report"], "source": "files"}}
+    if cfg["report"].get("source") != "files":
+        from fga.tracking_sync import sync
+
+        sync(cfg, quiet=a.quiet)  # the runs a tracking server missed belong in the report
     write_report(cfg, quiet=a.quiet)
+
+
+def cmd_tracking_sync(cfg: dict[str, Any], a: argparse.Namespace) -> None:
+    from fga.tracking_sync import pending_dir, sync
+
+    a.timeline.ready()
+    n = sync(cfg, quiet=a.quiet)
+    print(f"{n} kept runs logged to {cfg['tracking']['uri']}" if n else f"nothing to sync: no kept runs in {pending_dir(cfg)}")
 
 
 def cmd_dvc_record(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.versioning import record_in_dvc
 
+    a.timeline.ready()
     if a.overrides:
         raise UserError("fga dvc-record takes no --set: it records outputs made with the params file as it is")
     print(record_in_dvc(Path(a.params)))
@@ -234,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report(verbs)
 
+    tracking = verbs.add_parser("tracking", help="experiment tracking").add_subparsers(dest="action", required=True)
+    p = tracking.add_parser("sync", help="log the runs an unreachable tracking server missed (kept in logs/tracking_pending/)")
+    _common(p)
+    p.set_defaults(func=cmd_tracking_sync)
+
     p = verbs.add_parser("dvc-record", help="record the outputs in DVC's cache and dvc.lock (the end of `make run`)")
     _common(p)
     p.set_defaults(func=cmd_dvc_record)
@@ -242,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.timeline = JobTimeline(" ".join(filter(None, [args.verb, getattr(args, "action", None)])))
+    status = 1  # an uncaught exception
+    try:
+        status = _run_verb(args)
+    finally:
+        log = os.environ.get(STARTUP_LOG_ENV)
+        if log:
+            args.timeline.record(log, status)
+    return status
+
+
+def _run_verb(args: argparse.Namespace) -> int:
     try:
         from fga.config import load_params
 

@@ -16,3 +16,24 @@ def grid_cells(cfg: dict[str, Any], ablation: bool = True) -> list[tuple[str, st
     cells += [(d, b, m, int(s)) for d in grid["datasets"] for b in variants["backbones"] for m in variants["methods"]
               for s in grid["seeds"] if (d, b, m, int(s)) not in cells]
     return cells
+
+
+# params.yaml `sweeps`: GRM's ablation and sensitivity grid (the paper's Tables 2-3, Fig. 4a/b), run by
+# `snakemake grm_sweeps` (workflow/rules/sweeps.smk) and tabled by fga/report/grm.py.
+SWEEP_BASE = "grm"  # the full model every sweep is compared with
+SWEEP_LISTS = ("modules", "losses", "num_prompts", "level_weights")
+
+
+def sweep_methods(cfg: dict[str, Any], key: str | None = None) -> list[str]:
+    """The variants of one `sweeps` list (None: of every list), in the order listed, without repeats."""
+    sweeps = cfg.get("sweeps") or {}
+    names = [m for k in ([key] if key else SWEEP_LISTS) for m in (sweeps.get(k) or [])]
+    return list(dict.fromkeys(names))
+
+
+def sweep_cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
+    """(dataset, backbone, method, seed) of every run `snakemake grm_sweeps` makes: grm and each listed variant."""
+    sweeps = cfg.get("sweeps") or {}
+    methods = list(dict.fromkeys([SWEEP_BASE] + sweep_methods(cfg)))
+    return [(d, b, m, int(s)) for d in cfg["grid"]["datasets"] for b in sweeps.get("backbones", [])
+            for m in methods for s in sweeps.get("seeds", [])]

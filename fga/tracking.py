@@ -89,6 +89,11 @@ def variant_of(cfg: dict[str, Any], method: str) -> str:
 
 
 SERVER_SCHEMES = ("http://", "https://", "postgresql", "mysql", "mssql", "databricks")
+# Bounded backoff of MLflow's HTTP client (about 1+2+4+8 s and jitter per request) instead of its default of
+# minutes: a job whose server went away gives up soon and leaves its run to `fga tracking sync`
+# (fga/tracking_sync.py). The MLflow environment variables of the same names still override these.
+HTTP_RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 @contextlib.contextmanager
@@ -112,6 +117,8 @@ def _store_lock(cfg: dict[str, Any]) -> Iterator[None]:
 def _client(cfg: dict[str, Any]):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from pipeline jobs
+    for name, value in HTTP_RETRY_ENV.items():
+        os.environ.setdefault(name, value)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     import mlflow
@@ -251,12 +258,15 @@ def log_run(
     tags: dict[str, str] | None = None,
     artifacts: list[Any] | None = None,
     checkpoint: Path | str | None = None,
+    tables: dict[str, Any] | None = None,
 ) -> str:
     """Log one complete run for `key` (+ the params' ``experiment``), then drop every older run with that key.
 
     params: logged as MLflow params (flattened to ``section.key``, values cut to MLflow's length limit)
     and as the artifact ``params.yaml`` (the resolved config the stage ran with). artifacts: paths (files or
-    directories), or ``(path, artifact_dir)`` pairs. checkpoint: logged under ``checkpoint/`` only when ``tracking.log_checkpoints`` is true.
+    directories), or ``(path, artifact_dir)`` pairs. checkpoint: logged under ``checkpoint/`` (beside the run's
+    ``params.yaml``) only when ``tracking.log_checkpoints`` is true. tables: artifact file (``.json``) -> pandas
+    DataFrame, logged with MLflow's ``log_table`` (the UI shows them as sortable tables).
     Stages other than ``report`` hang under their (dataset, backbone, method, experiment) parent run; an
     evaluate run also refreshes the parent's seed aggregates. tags: ``data_hash`` (and ``split``) also make
     the run's dataset input.
@@ -279,7 +289,7 @@ def log_run(
         run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
         with _unless_deleted_meanwhile(client, run_id):  # by a newer writer of the key that finished first
             _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint,
-                      _dataset_inputs(key, all_tags))
+                      _dataset_inputs(key, all_tags), tables)
         survivor = _dedupe_key(client, exp_id, key)
         if grouped:
             parent_id = _settle_parents(client, exp_id, group) or all_tags[PARENT_TAG]
@@ -328,8 +338,9 @@ def _log_seed_aggregates(client, exp_id: str, group: dict[str, str], parent_id: 
 
 
 def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_metrics, artifacts, checkpoint,
-              dataset_inputs: list) -> None:
-    """Log params, metrics, dataset inputs, artifacts (and the checkpoint when asked) into a created run, then end it."""
+              dataset_inputs: list, tables) -> None:
+    """Log params, metrics, dataset inputs, artifacts, tables (and the checkpoint when asked) into a created run, then
+    end it."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -349,6 +360,8 @@ def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_me
             client.log_artifacts(run_id, str(path), dest)
         else:
             client.log_artifact(run_id, str(path), dest)
+    for name, frame in (tables or {}).items():
+        client.log_table(run_id, frame, name)
     if checkpoint is not None and cfg["tracking"].get("log_checkpoints", False):
         client.log_artifact(run_id, str(checkpoint), "checkpoint")
     client.set_terminated(run_id)

@@ -43,9 +43,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, backend_uri: str, *, timeout: float = 90) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1:<free port> over `backend_uri`; yields its http URL, stops it on exit."""
-    port = free_port()
+def mlflow_server(workdir: Path, backend_uri: str, *, timeout: float = 90, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1:<port> (default: a free one) over `backend_uri`; yields its http URL, stops it on exit."""
+    port = port or free_port()
     log = open(workdir / f"mlflow-server-{port}.log", "w")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # 2 workers: requests really are served concurrently (the default 4 is too many for 2-core CI machines)

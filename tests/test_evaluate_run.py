@@ -143,7 +143,36 @@ def test_mlflow_contract_keys(in_project):
         assert f"full/ci/{name}_lo" in flat and f"full/ci/{name}_hi" in flat
         assert flat[f"full/ci/{name}_lo"] <= flat[f"full/{name}"] <= flat[f"full/ci/{name}_hi"]
         assert f"qbnorm/full/{name}" in flat
-    assert all(k.split("/")[0] in ("full", "qbnorm") for k in flat)
+    assert all(k.split("/")[0] in ("full", "qbnorm", "diag", "positives", "binding") for k in flat)
+    # GRM's module diagnostics: in metrics.json and as diag/<name>
+    assert m["diagnostics"] and all(flat[f"diag/{k}"] == pytest.approx(v) for k, v in m["diagnostics"].items())
+
+
+def test_grm_evaluation_carries_its_module_diagnostics(in_project):
+    from fga.evaluate.run import DIAGNOSTIC_IMAGES, LoadedRun, load_run
+    from fga.models.grm.diagnostics import grm_diagnostics
+
+    root, cfg = in_project
+    ckpt = run_path(root, "runs") / "checkpoint.safetensors"
+    m = evaluate(cfg, DS, BK, METHOD, SEED, ckpt, quiet=True)
+    run: LoadedRun = load_run(cfg, DS, BK, METHOD, SEED, ckpt, "test")
+    d = run.data
+    want = grm_diagnostics(run.model, d.regions, d.mask, d.tokens, d.lengths, 5, max_images=DIAGNOSTIC_IMAGES)
+    assert m["diagnostics"] == {k.removeprefix("grm/"): v for k, v in want.items()}
+    for name in ("prompt_entropy", "region_cos", "keep_visual", "sigma_mean", "unc_i2t_R1_eval", "unc_i2t_R1_train"):
+        assert name in m["diagnostics"], name
+    # the diagnostics' train-mode pass draws its own noise: the scores are those of a run without it
+    again = evaluate(cfg, DS, BK, METHOD, SEED, ckpt, quiet=True)
+    assert again["rsum"] == m["rsum"] and again["diagnostics"] == m["diagnostics"]
+
+
+def test_non_grm_evaluation_has_no_diagnostics():
+    from fga.evaluate.run import LoadedRun, module_diagnostics
+    from fga.models.vse import VSEMean
+
+    model = VSEMean(8, 10, embed_dim=4, word_dim=4)
+    assert module_diagnostics(LoadedRun({}, None, None, model)) is None
+    assert not any(k.startswith("diag/") for k in mlflow_metrics({"protocols": {}}))
 
 
 def test_protocol_list_and_qbnorm_off(in_project):
@@ -200,7 +229,8 @@ def test_cli_evaluate_writes_outputs_and_logs_the_contract(in_project):
     run = runs.iloc[0]
     assert run["tags.protocol"] == "full" and run["tags.split"] == "test" and run["tags.weights_source"]
     keys = [c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and not pd_isna(run[c])]
-    assert keys and all(k.startswith(("full/", "qbnorm/full/")) for k in keys)
+    assert keys and all(k.startswith(("full/", "qbnorm/full/", "diag/", "positives/", "binding/")) for k in keys)
+    assert run["metrics.diag/region_cos"] == pytest.approx(m["diagnostics"]["region_cos"])
     assert run["metrics.full/rsum"] == pytest.approx(m["rsum"])
     assert run["metrics.full/ci/rsum_lo"] == pytest.approx(m["ci"]["rsum"][0])
     assert run["metrics.qbnorm/full/t2i_R1"] == pytest.approx(m["qbnorm"]["t2i"]["R@1"])

@@ -369,19 +369,21 @@ def test_logvar_init_starts_every_region_there(sigma_max):
         build(logvar_init=0.0, sigma_max=0.5)  # sigma 1 is above the bound
 
 
-def test_default_options_change_nothing():
-    """The new options at their defaults build the same parameters and the same loss as before them."""
+def test_default_options_are_the_measured_choices():
+    """The defaults are ent_form 'mi' and sigma_max 0.25 (docs/methods.md#faithfulness), the other options off:
+    the same parameters and loss as those values stated explicitly, and another loss than the previous defaults."""
     batch = make_batch(b=4, seed=3)
-    explicit = build(kl_reduction="mean", sigma_max=None, logvar_init=None, lambda_div=0.0, ent_form="usage")
+    explicit = build(kl_reduction="mean", sigma_max=0.25, logvar_init=None, lambda_div=0.0, ent_form="mi")
     default = build()
+    previous = build(sigma_max=None, ent_form="usage")
     assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), default.state_dict().values()))
     losses = []
-    for model in (explicit, default):
+    for model in (explicit, default, previous):
         torch.manual_seed(0)
         loss, logs = model.train().training_loss(*encode(model, batch), torch.eye(4, dtype=torch.bool), 1)
         losses.append(loss.item())
         assert "div" not in logs
-    assert losses[0] == losses[1]
+    assert losses[0] == losses[1] != losses[2]
 
 
 def test_gradient_reaches_every_parameter_with_new_options():

@@ -239,3 +239,59 @@ def test_coco_5k_and_1k_protocols(coco_sim):
     assert m1k["rsum"] == pytest.approx(np.mean([f["rsum"] for f in folds]), abs=1e-3)
     # smaller galleries are easier
     assert m1k["i2t"]["R@1"] > m5k["i2t"]["R@1"] and m1k["t2i"]["R@1"] > m5k["t2i"]["R@1"]
+
+
+# ------------------------------------------------------------------ tie rule "argsort" (SCAN's / VSE-inf's code)
+
+
+def _peer_reference(sim: np.ndarray, cpi: int):
+    """The peers' evaluation loop written out: the position of the ground truth in np.argsort(scores)[::-1]."""
+    i2t = []
+    for i in range(sim.shape[0]):
+        order = list(np.argsort(sim[i])[::-1])
+        i2t.append(1 + min(order.index(j) for j in range(cpi * i, cpi * (i + 1))))
+    cols = sim.T
+    t2i = [1 + list(np.argsort(cols[j])[::-1]).index(j // cpi) for j in range(sim.shape[1])]
+    return i2t, t2i
+
+
+@pytest.mark.parametrize("n_img,cpi", [(1, 5), (7, 5), (40, 5), (30, 3)])
+@pytest.mark.parametrize("chunk", [None, 50])
+def test_argsort_rule_reproduces_the_peers_loop(monkeypatch, n_img, cpi, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(recall, "_CHUNK_ELEMS", chunk)
+    rng = np.random.default_rng(n_img + cpi)
+    for dtype in (np.float32, np.float16):
+        sim = rng.random((n_img, n_img * cpi)).round(1).astype(dtype)  # many exact ties
+        i2t, t2i = query_ranks(sim, cpi, ties="argsort")
+        ref_i2t, ref_t2i = _peer_reference(sim, cpi)
+        assert i2t.tolist() == ref_i2t
+        assert t2i.tolist() == ref_t2i
+
+
+def test_argsort_rule_lies_between_the_bounds_and_beats_pessimistic_on_ties():
+    rng = np.random.default_rng(3)
+    sim = rng.integers(0, 4, size=(60, 300)).astype(np.float32)  # heavy ties, as a float16 matrix of a weak model
+    ranks = {rule: query_ranks(sim, 5, ties=rule) for rule in recall.TIE_RULES}
+    for d in (0, 1):
+        assert np.all(ranks["optimistic"][d] <= ranks["argsort"][d])
+        assert np.all(ranks["argsort"][d] <= ranks["pessimistic"][d])
+        assert np.any(ranks["argsort"][d] < ranks["pessimistic"][d])
+    metrics = {rule: rank_metrics(sim, 5, ties=rule) for rule in recall.TIE_RULES}
+    assert metrics["argsort"]["i2t"]["R@1"] > metrics["pessimistic"]["i2t"]["R@1"]
+    assert metrics["argsort"]["rsum"] > metrics["pessimistic"]["rsum"]
+
+
+def test_every_rule_agrees_without_ties():
+    sim = np.random.default_rng(5).random((9, 45)).astype(np.float32)
+    want = rank_metrics(sim, 5)
+    for rule in recall.TIE_RULES:
+        assert rank_metrics(sim, 5, ties=rule) == want
+    assert evaluate_protocol(sim, "full", 5, "argsort")["ties"] == "argsort"
+
+
+def test_tie_rule_of_params():
+    assert recall.tie_rule_of({}) == "pessimistic"
+    assert recall.tie_rule_of({"tie_rule": "argsort"}) == "argsort"
+    with pytest.raises(UserError, match="evaluate.tie_rule"):
+        recall.tie_rule_of({"tie_rule": "index"})

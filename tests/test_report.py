@@ -100,7 +100,10 @@ def test_main_table_means_ci_and_provenance(full_report):
     assert "rSum 95% CI" in md and "±" in md
     assert "\\toprule" in (tables / "main.tex").read_text() and "$\\pm$" in (tables / "main.tex").read_text()
     prov = pd.read_csv(tables / "main_provenance.csv")
-    assert sorted(prov["run_id"]) == sorted(v for (m, s, st), v in ids.items() if st == "evaluate")
+    assert sorted(prov["result_file"]) == sorted(f"results/synthetic/lite0_roi/{m}/seed{s}/metrics.json"
+                                                 for (m, s, st) in ids if st == "evaluate")
+    assert (prov["weights"] == "packaged").all() and "run_id" not in prov
+    assert "Weights: lite0_roi = packaged." in md and "| Weights |" not in md
     # measured tables never carry the paper's numbers
     for name in ("main", "ablation", "robustness_clutter"):
         assert "516.2" not in (tables / f"{name}.md").read_text()
@@ -153,7 +156,8 @@ def test_robustness_tables(full_report):
     md = (tables / "robustness_clutter.md").read_text()
     assert "rSum 1-3 (n=40)" in md and "rSum 7plus (n=25)" in md
     prov = pd.read_csv(tables / "robustness_clutter_provenance.csv")
-    assert set(prov["run_id"]) == {v for (m, s, st), v in ids.items() if st == "robustness"}
+    assert set(prov["result_file"]) == {f"results/synthetic/lite0_roi/{m}/seed{s}/robustness.json"
+                                        for (m, s, st) in ids if st == "robustness"}
     dis = pd.read_csv(tables / "robustness_distractors.csv")
     assert sorted(dis["n_extra"].unique()) == list(DISTRACTORS)
     row = dis[(dis["method"] == "vse_mean") & (dis["n_extra"] == 4)].iloc[0]
@@ -226,7 +230,7 @@ def test_significance_table_from_the_runs_ranks(tmp_path, mlflow_store):
     assert "LARGEST per-seed p" in md and "| vse_mean | 0 | +" in md and "| 0.002 |" in md and "| 1 |" in md
     assert r"$\Delta$rSum" in (tables / "significance.tex").read_text()
     prov = pd.read_csv(tables / "significance_provenance.csv")
-    assert len(prov) == 3 and set(prov.columns) >= {"run_id", "baseline_run_id"}
+    assert len(prov) == 3 and set(prov.columns) >= {"result_file", "baseline_result_file"}
     # logged with the other tables as the report run's artifacts
     import mlflow
 
@@ -283,6 +287,31 @@ def test_figures_and_report_run(full_report):
     assert {"tables/main.md", "tables/ablation.csv", "tables/paper_reference.md", "tables/main_provenance.csv"} <= tables
     assert "figures/seed_spread.png" in {a.path for a in client.list_artifacts(run_id, "figures")}
     assert report["metrics.n_evaluate_runs"][0] == 12
+
+
+def test_report_run_holds_the_run_id_map_and_the_sortable_main_table(full_report):
+    """Run ids stay traceable from the report run (not from reports/tables); the main table is an MLflow table."""
+    tmp, cfg, ids = full_report
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
+    report = mlflow.search_runs(experiment_names=[experiment_name("synthetic")], filter_string="tags.stage = 'report'")
+    client = mlflow.MlflowClient()
+    run_id = report["run_id"][0]
+    id_map = pd.read_csv(client.download_artifacts(run_id, "provenance_run_ids.csv", str(tmp / "dl")))
+    assert list(id_map.columns) == ["stage", "dataset", "backbone", "method", "seed", "result_file", "run_id"]
+    # every run the report read: the evaluate and the robustness runs
+    assert {(m, s, st): r for st, m, s, r in zip(id_map["stage"], id_map["method"], id_map["seed"], id_map["run_id"])} \
+        == ids
+    prov = pd.read_csv(tmp / "reports/tables/main_provenance.csv")
+    assert set(prov["result_file"]) <= set(id_map["result_file"])
+    assert not (tmp / "reports/tables/provenance_run_ids.csv").exists()
+    logged = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "main_table.json", "type": "table"} in logged
+    table = pd.read_json(client.download_artifacts(run_id, "main_table.json", str(tmp / "dl")), orient="split")
+    main = pd.read_csv(tmp / "reports/tables/main.csv")
+    assert table["rSum"].tolist() == main["rsum_mean"].round(1).tolist()
+    assert table["Method"].tolist() == main["method"].tolist()
 
 
 def test_rerun_replaces_outputs_and_report_run(full_report):

@@ -47,8 +47,12 @@ def test_comparison_rows_and_rsum_delta(two_experiments):
     assert "| Experiment |" in md and "ΔrSum vs default" in md and "+12.0" in md
     assert "\\toprule" in (out / "compare_default_vs_k8.tex").read_text()
     prov = pd.read_csv(out / "compare_default_vs_k8_provenance.csv")
-    # the runs of both experiments in the grid's cells (k8's grm_no_sa is not one)
-    assert sorted(prov["run_id"]) == sorted(v for (e, m, s), v in ids.items() if m != "grm_no_sa")
+    # the runs of both experiments in the grid's cells (k8's grm_no_sa is not one), by their result files
+    roots = {"default": "results", "k8": "experiments/k8/results"}
+    assert sorted(prov["result_file"]) == sorted(f"{roots[e]}/synthetic/lite0_roi/{m}/seed{s}/metrics.json"
+                                                 for (e, m, s) in ids if m != "grm_no_sa")
+    assert list(prov[["experiment", "method", "seed"]].itertuples(index=False, name=None)) == \
+        sorted((e, m, s) for (e, m, s) in ids if m != "grm_no_sa")
 
 
 def test_comparison_keeps_the_listed_order(two_experiments):

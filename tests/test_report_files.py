@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DS, BK = "synthetic", "lite0_roi"
 MAIN, VARIANT, SEEDS = ["grm", "vse_inf"], "grm_no_sa", [0, 1]
 N_IMAGES, CPI = 8, 5
-PROVENANCE_IDS = ["run_id", "baseline_run_id"]
 
 
 def write_params(root: Path) -> Path:
@@ -126,17 +125,12 @@ def project(tmp_path_factory, _empty_store_template):
 
 
 def assert_same_tables(a: Path, b: Path) -> None:
-    """Equal bytes for every md and tex table; CSVs equal but for their run id columns (MLflow ids vs results
-    dirs: the provenance, and significance.csv's pairs of runs)."""
+    """Equal bytes for every table file, the provenance CSVs included: both sources name a run by its key and its
+    result file, never by an MLflow run id."""
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     for name in names:
-        ids = [c for c in PROVENANCE_IDS if name.endswith(".csv") and c in pd.read_csv(a / name)]
-        if ids:
-            pa, pb = pd.read_csv(a / name), pd.read_csv(b / name)
-            pd.testing.assert_frame_equal(pa.drop(columns=ids), pb.drop(columns=ids))
-        else:
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 def test_file_source_writes_the_mlflow_sources_tables(project):
@@ -152,12 +146,23 @@ def test_file_source_writes_the_mlflow_sources_tables(project):
     assert any(f.startswith("attention_") for f in figures)  # read from results/.../attention.json
 
 
-def test_file_provenance_names_the_results_dirs(project):
-    root, _ = project
+def test_provenance_names_the_result_files_and_no_run_id(project):
+    root, cfg = project
     prov = pd.read_csv(root / "files/tables/main_provenance.csv")
-    assert sorted(prov["run_id"]) == sorted(f"results/{DS}/{BK}/{m}/seed{s}" for m in MAIN for s in SEEDS)
-    mlflow_ids = pd.read_csv(root / "mlflow/tables/main_provenance.csv")["run_id"]
-    assert not any("/" in i for i in mlflow_ids)
+    assert sorted(prov["result_file"]) == sorted(f"results/{DS}/{BK}/{m}/seed{s}/metrics.json"
+                                                 for m in MAIN for s in SEEDS)
+    assert all(Path(f).is_file() for f in prov["result_file"])
+    clutter = pd.read_csv(root / "mlflow/tables/robustness_clutter_provenance.csv")
+    assert set(clutter["result_file"]) == {f"results/{DS}/{BK}/{m}/seed{s}/robustness.json"
+                                           for m in MAIN for s in SEEDS}
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg["tracking"]["uri"])
+    run_ids = set(mlflow.search_runs(search_all_experiments=True)["run_id"])
+    for source in ("mlflow", "files"):
+        for path in (root / source / "tables").iterdir():
+            text = path.read_text()
+            assert not any(run_id in text for run_id in run_ids), path
 
 
 def colleague_copy(project_root: Path, dst: Path) -> Path:
@@ -198,7 +203,8 @@ def test_missing_result_files_are_one_line_each_with_the_fix(project, tmp_path, 
     for line, name in zip(warnings, ("metrics.json", "robustness.json")):
         assert f"results/{DS}/{BK}/vse_inf/seed1/{name}" in line and "dvc pull" in line and "rerun" in line
     main = pd.read_csv(mine / "reports/tables/main_provenance.csv")
-    assert f"results/{DS}/{BK}/vse_inf/seed1" not in set(main["run_id"])
+    assert f"results/{DS}/{BK}/vse_inf/seed1/metrics.json" not in set(main["result_file"])
+    assert f"results/{DS}/{BK}/vse_inf/seed0/metrics.json" in set(main["result_file"])
 
 
 def test_no_result_files_is_one_clear_error(project, tmp_path, monkeypatch, capsys):
@@ -215,3 +221,12 @@ def test_unknown_source_is_a_user_error():
     assert not reads_files({"report": {"tables_dir": "t", "figures_dir": "f"}})
     with pytest.raises(UserError, match="report.source"):
         reads_files({"report": {"source": "wandb"}})
+
+
+def test_a_second_report_from_mlflow_is_byte_identical(project):
+    """reports/tables and reports/figures are DVC outputs: a rerun on the same runs gives the same bytes (no run
+    ids, no wall-clock values), tables and figures alike."""
+    root, cfg = project
+    write_report({**cfg, "report": {"tables_dir": "mlflow2/tables", "figures_dir": "mlflow2/figures"}}, quiet=True)
+    assert_same_tables(root / "mlflow/tables", root / "mlflow2/tables")
+    assert_same_tables(root / "mlflow/figures", root / "mlflow2/figures")

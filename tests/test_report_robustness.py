@@ -14,7 +14,8 @@ def long_frame(level: str, values: list, with_n: bool = False) -> pd.DataFrame:
         for seed in (0, 1):
             for i, v in enumerate(values):
                 row = {"dataset": "d", "backbone": "b", "method": method, "seed": seed, "run_id": f"{method}{seed}",
-                       level: v, **recalls(10.0 * i + seed + (5 if method == "grm" else 0))}
+                       "result_file": f"results/d/b/{method}/seed{seed}/robustness.json", level: v,
+                       **recalls(10.0 * i + seed + (5 if method == "grm" else 0))}
                 if with_n:
                     row["n_images"] = 10 + i
                 rows.append(row)

@@ -35,6 +35,15 @@ def test_evaluation_runs_read_the_runs_protocol_ci_and_qbnorm():
         evaluation_runs({}, pd.DataFrame())
 
 
+def test_runs_name_their_result_files_under_the_experiments_results_root():
+    row = mlflow_row("grm", 1, {"full/rsum": 70.0, "full/clutter/all/rsum": 9.0})
+    assert evaluation_runs({}, pd.DataFrame([row]))["result_file"].tolist() == ["results/d/b/grm/seed1/metrics.json"]
+    frame = evaluation_runs({"experiment": "k8"}, pd.DataFrame([row]))
+    assert frame["result_file"].tolist() == ["experiments/k8/results/d/b/grm/seed1/metrics.json"]
+    bins, _ = robustness_runs({}, pd.DataFrame([row]))
+    assert bins["result_file"].tolist() == ["results/d/b/grm/seed1/robustness.json"]
+
+
 def test_grid_cells_in_grid_and_missing_runs():
     cells = grid_cells(GRID)
     assert cells[:4] == [("d", "b", "grm", 0), ("d", "b", "grm", 1), ("d", "b", "vse", 0), ("d", "b", "vse", 1)]

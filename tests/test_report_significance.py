@@ -37,7 +37,10 @@ def test_per_seed_rows_and_the_over_seeds_row(tmp_path, monkeypatch):
     assert data["p_value"].iloc[2] == data["p_value"].iloc[:2].max() and pd.isna(data["ci_lo"].iloc[2])
     md = (tmp_path / "significance.md").read_text()
     assert "ΔrSum 90% CI" in md and "200 resamples, seed 2" in md
-    assert list(pd.read_csv(tmp_path / "significance_provenance.csv")["baseline_run_id"]) == ["vse-0", "vse-1"]
+    prov = pd.read_csv(tmp_path / "significance_provenance.csv")
+    assert list(prov["baseline_result_file"]) == [f"results/synthetic/b/vse/seed{s}/metrics.json" for s in (0, 1)]
+    assert list(prov["result_file"]) == [f"results/synthetic/b/grm/seed{s}/metrics.json" for s in (0, 1)]
+    assert not [c for c in data if "run_id" in c]  # the table's CSV names runs by their result files too
 
 
 def test_rows_without_ranks_or_on_other_queries_are_skipped(tmp_path, monkeypatch, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fga.report.tables import display, latex, markdown, summarise, write_table
+from fga.report.tables import display, latex, markdown, summarise, weights_legend, write_table
 from report_frames import evaluation_frame, recalls
 
 
@@ -26,8 +26,9 @@ def test_display_cells_and_ci_column():
     summary = summarise(evaluation_frame([("grm", 0, 30.0), ("grm", 1, 32.0)]))
     summary.loc[0, "i2t_R1_mean"] = np.nan
     shown = display(summary, confidence=0.9)
-    assert list(shown.columns[:6]) == ["Dataset", "Protocol", "Backbone", "Method", "Weights", "Seeds"]
+    assert list(shown.columns[:5]) == ["Dataset", "Backbone", "Method", "Seeds", "i2t R@1"]
     row = shown.iloc[0]
+    assert row["Dataset"] == "synthetic (full)"
     assert row["rSum"] == "201.0 ± 8.5" and row["i2t R@1"] == "—" and row["rSum 90% CI"] == "[199.0, 203.0]"
 
 
@@ -47,3 +48,18 @@ def test_write_table_writes_the_four_files(tmp_path):
     assert (tmp_path / "t.md").read_text() == "# Title\n\nA note.\n\n| A |\n|---|\n| 1.0 ± 0.0 |\n"
     assert (tmp_path / "t.csv").read_text() == "a\n0.3333\n"
     assert (tmp_path / "t_provenance.csv").read_text() == "run_id\nr\n"
+
+
+def test_weights_legend_groups_backbones_by_source():
+    summary = pd.DataFrame({"backbone": ["roi", "grid", "vit", "roi"], "weights": ["imnet", "imnet", "", "imnet"]})
+    assert weights_legend(summary) == "Weights: grid, roi = imnet."
+    assert weights_legend(summary.drop(columns="weights")) == ""
+    assert weights_legend(summary.assign(weights="")) == ""
+
+
+def test_write_table_puts_the_legend_under_the_table(tmp_path):
+    shown = pd.DataFrame({"A": ["1.0"]})
+    write_table(tmp_path, "t", "Title", "A note.", shown, shown, shown, legend="Weights: a_b = x (50%).")
+    assert (tmp_path / "t.md").read_text() == "# Title\n\nA note.\n\n| A |\n|---|\n| 1.0 |\n\nWeights: a_b = x (50%).\n"
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.index(r"\end{tabular}") < tex.index(r"Weights: a\_b = x (50\%).") < tex.index(r"\end{table}")

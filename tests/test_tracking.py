@@ -420,3 +420,59 @@ def test_concurrent_writers_http_server(tmp_path):
     with mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}") as url:
         run_workers(tmp_path, url)
         check_nothing_lost(make_cfg(tmp_path, url))
+
+
+@pytest.mark.parametrize("log_checkpoints", [True, False])
+def test_fga_train_logs_its_best_checkpoint_beside_its_config(tmp_path, mlflow_store, monkeypatch, log_checkpoints):
+    """`fga train` hands its checkpoint.safetensors to the run; it is logged (under checkpoint/, beside the run's
+    params.yaml) exactly when tracking.log_checkpoints is true."""
+    from fga.cli import main
+
+    def fake_train(cfg, dataset, backbone, method, seed, run_dir, quiet=False):
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoint.safetensors").write_bytes(b"best weights")
+        return {"rank": 0, "history": [{"epoch": 0, "val_rsum": 1.0}], "best": {"rsum": 1.0, "epoch": 0}}
+
+    monkeypatch.setattr("fga.train.train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "synthetic").mkdir(parents=True)
+    (tmp_path / "data" / "synthetic" / "dataset.json").write_text("{}")
+    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert main(["train", "--params", str(repo_params), "--dataset", "synthetic", "--backbone", "lite0_roi",
+                 "--method", "grm", "--seed", "0", "--quiet", "--set", f"tracking.uri={mlflow_store}",
+                 "--set", f"tracking.artifact_root={tmp_path / 'mlartifacts'}",
+                 "--set", f"tracking.log_checkpoints={str(log_checkpoints).lower()}"]) == 0
+    cfg = make_cfg(tmp_path, mlflow_store)
+    client, exp = client_for(cfg)
+    (run,) = active(client, exp, "tags.stage = 'train'")
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "params.yaml" in names and ("checkpoint" in names) == log_checkpoints
+    if log_checkpoints:
+        got = client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.safetensors", str(tmp_path / "dl"))
+        assert Path(got).read_bytes() == b"best weights"
+
+
+def test_log_run_logs_tables_as_mlflow_tables(tmp_path, mlflow_store):
+    import json
+
+    import pandas as pd
+
+    cfg = make_cfg(tmp_path, mlflow_store)
+    frame = pd.DataFrame({"Method": ["grm", "vse"], "rSum": [210.5, 190.0]})
+    run_id = log_run(cfg, {**key(stage="report"), "backbone": "all", "method": "all", "seed": "all"},
+                     tables={"main_table.json": frame})
+    client, _ = client_for(cfg)
+    assert json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": "main_table.json", "type": "table"}]
+    got = pd.read_json(client.download_artifacts(run_id, "main_table.json", str(tmp_path / "dl")), orient="split")
+    pd.testing.assert_frame_equal(got, frame)
+
+
+def test_importing_tracking_and_train_loads_no_mlflow_or_plotting():
+    """Jobs import mlflow only when they log or read runs, and seaborn/matplotlib only inside the report's figures."""
+    code = ("import sys, fga.tracking, fga.tracking_params, fga.tracking_aggregates, fga.tracking_artifacts, "
+            "fga.train, fga.report, fga.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'seaborn', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

@@ -39,7 +39,7 @@ import math
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -647,3 +647,216 @@ def clutter_counts(instances_json: Path) -> dict[int, int]:
     with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress lines
         coco = COCO(str(path))
     return {int(i): len(coco.getAnnIds(imgIds=[i], iscrowd=False)) for i in sorted(coco.getImgIds())}
+
+
+# --------------------------------------------------------------------------- caption semantics
+# The caption grammar of the module docstring read back into clauses, so the dataset can say which images a
+# caption is true of (exhaustive positives for evaluation) and derive near-miss captions that keep a caption's
+# words but break its binding (the binding probes). Nothing here changes what generate() writes.
+
+PROBE_KINDS: tuple[str, ...] = ("attribute", "relation")
+_SHAPE_OF_PLURAL = {plural: shape for shape, plural in PLURALS.items()}
+_NUMBER = {word: n for n, word in enumerate(NUMBER_WORDS)}
+_RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
+
+
+class NounPhrase(NamedTuple):
+    """`det` is a, an, the, or a number word (a count: "two small red stars")."""
+
+    det: str
+    size: str | None
+    colour: str
+    shape: str
+
+    def text(self) -> str:
+        shape = PLURALS[self.shape] if self.det in _NUMBER else self.shape
+        return " ".join([self.det] + ([self.size] if self.size else []) + [self.colour, shape])
+
+    def with_colour(self, colour: str) -> NounPhrase:
+        """The phrase with another colour, its indefinite article agreeing with its new first word."""
+        det = _article(self.size or colour) if self.det in ("a", "an") else self.det
+        return self._replace(det=det, colour=colour)
+
+
+class Clause(NamedTuple):
+    """A noun phrase or count (`relation` empty), or `a [is] relation b`."""
+
+    a: NounPhrase
+    relation: str = ""
+    b: NounPhrase | None = None
+    verb: bool = False
+
+    def text(self) -> str:
+        if not self.relation:
+            return self.a.text()
+        return f"{self.a.text()}{' is' if self.verb else ''} {self.relation} {self.b.text()}"
+
+
+class Caption(NamedTuple):
+    """A parsed caption: an optional "there is "/"there are " prefix, clauses, and the words joining them."""
+
+    prefix: str
+    clauses: tuple[Clause, ...]
+    joins: tuple[str, ...]
+
+    def text(self) -> str:
+        parts = [self.clauses[0].text()]
+        for join, clause in zip(self.joins, self.clauses[1:]):
+            parts += [join, clause.text()]
+        return self.prefix + " ".join(parts)
+
+
+def _noun_phrase(words: list[str], caption: str) -> tuple[NounPhrase, list[str]]:
+    """The noun phrase at the start of `words` and the words after it."""
+    try:
+        det, rest = words[0], words[1:]
+        size = rest.pop(0) if rest[0] in SIZES else None
+        colour, noun = rest[0], rest[1]
+    except IndexError:
+        raise UserError(f"synthetic: caption {caption!r} does not follow the caption grammar") from None
+    shape = _SHAPE_OF_PLURAL.get(noun, noun) if det in _NUMBER else noun
+    if det not in ("a", "an", "the", *_NUMBER) or colour not in COLOURS or shape not in SHAPES:
+        raise UserError(f"synthetic: caption {caption!r} does not follow the caption grammar")
+    return NounPhrase(det, size, colour, shape), rest[2:]
+
+
+def _clause(words: list[str], caption: str) -> Clause:
+    a, rest = _noun_phrase(words, caption)
+    if not rest:
+        return Clause(a)
+    verb = rest[0] == "is"
+    rest = rest[1:] if verb else rest
+    relation = _RELATION_WORDS.get(rest[0]) if rest else None
+    if relation is None or rest[: len(relation.split())] != relation.split():
+        raise UserError(f"synthetic: caption {caption!r} does not follow the caption grammar")
+    b, tail = _noun_phrase(rest[len(relation.split()):], caption)
+    if tail:
+        raise UserError(f"synthetic: caption {caption!r} does not follow the caption grammar")
+    return Clause(a, relation, b, verb)
+
+
+def parse_caption(caption: str) -> Caption:
+    """A caption of this dataset as clauses (UserError when it does not follow the grammar)."""
+    prefix = next((p for p in ("there is ", "there are ") if caption.startswith(p)), "")
+    words = caption[len(prefix):].split(" ")
+    clauses, joins, current = [], [], []
+    for word in words:
+        if word in ("and", "with"):
+            clauses.append(_clause(current, caption))
+            joins.append(word)
+            current = []
+        else:
+            current.append(word)
+    clauses.append(_clause(current, caption))
+    return Caption(prefix, tuple(clauses), tuple(joins))
+
+
+def _referents(np_: NounPhrase, objects: list[dict[str, Any]]) -> list[int]:
+    return [i for i, o in enumerate(objects) if o["colour"] == np_.colour and o["shape"] == np_.shape
+            and (np_.size is None or o["size"] == np_.size)]
+
+
+def _claim_holds(np_: NounPhrase, found: list[int]) -> bool:
+    """"a"/"an": at least one referent; "the": exactly one; a count: exactly that many."""
+    if np_.det in ("a", "an"):
+        return bool(found)
+    return len(found) == (1 if np_.det == "the" else _NUMBER[np_.det])
+
+
+def relation_holds(relation: str, box_a: list[int], box_b: list[int], image_size: int) -> bool:
+    """Whether "a <relation> b" holds: the centres differ by at least the margin along the relation's axis."""
+    (ax, ay), (bx, by) = _centre(box_a), _centre(box_b)
+    offset = {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[relation]
+    return offset >= image_size * RELATION_MARGIN
+
+
+def caption_holds(caption: Caption, objects: list[dict[str, Any]], image_size: int) -> bool:
+    """Whether every clause of a parsed caption is true of a scene (the semantics of the module docstring)."""
+    for clause in caption.clauses:
+        a = _referents(clause.a, objects)
+        if not _claim_holds(clause.a, a):
+            return False
+        if clause.relation:
+            b = _referents(clause.b, objects)
+            if not _claim_holds(clause.b, b) or not any(
+                    i != j and relation_holds(clause.relation, objects[i]["bbox"], objects[j]["bbox"], image_size)
+                    for i in a for j in b):
+                return False
+    return True
+
+
+def _phrases(caption: Caption) -> list[NounPhrase]:
+    return [np_ for clause in caption.clauses for np_ in (clause.a, clause.b) if np_ is not None]
+
+
+def caption_positives(entries: list[dict[str, Any]]) -> list[list[int]]:
+    """For every caption of `entries` (each image's first five, in order), the indices into `entries` of every
+    image it is true of, its own image included."""
+    by_combo: dict[tuple[str, str], set[int]] = {}
+    for k, e in enumerate(entries):
+        for o in e["objects"]:
+            by_combo.setdefault((o["colour"], o["shape"]), set()).add(k)
+    out: list[list[int]] = []
+    for e in entries:
+        for sentence in e["sentences"][:CAPTIONS_PER_IMAGE]:
+            caption = parse_caption(sentence)
+            # only images holding every named (colour, shape) can make it true
+            candidates = set.intersection(*(by_combo.get((p.colour, p.shape), set()) for p in _phrases(caption)))
+            out.append(sorted(k for k in candidates
+                              if caption_holds(caption, entries[k]["objects"], int(entries[k]["width"]))))
+    return out
+
+
+def _colour_swaps(caption: Caption) -> list[Caption]:
+    """The caption with the colours of two of its phrases exchanged (phrases differing in colour and shape)."""
+    phrases = _phrases(caption)
+    out = []
+    for p in range(len(phrases)):
+        for q in range(p + 1, len(phrases)):
+            if phrases[p].colour == phrases[q].colour or phrases[p].shape == phrases[q].shape:
+                continue
+            swap = {p: phrases[p].with_colour(phrases[q].colour), q: phrases[q].with_colour(phrases[p].colour)}
+            out.append(_with_phrases(caption, [swap.get(i, np_) for i, np_ in enumerate(phrases)]))
+    return out
+
+
+def _with_phrases(caption: Caption, phrases: list[NounPhrase]) -> Caption:
+    it = iter(phrases)
+    clauses = tuple(c._replace(a=next(it), b=next(it) if c.b is not None else None) for c in caption.clauses)
+    return caption._replace(clauses=clauses)
+
+
+def _argument_swaps(caption: Caption) -> list[Caption]:
+    """The caption with the two sides of one of its relations exchanged ("a left of b" -> "b left of a")."""
+    return [caption._replace(clauses=tuple(c._replace(a=c.b, b=c.a) if k == i else c
+                                           for k, c in enumerate(caption.clauses)))
+            for i, clause in enumerate(caption.clauses) if clause.relation]
+
+
+def near_misses(sentence: str, objects: list[dict[str, Any]], image_size: int) -> dict[str, str]:
+    """Per probe kind, the first near miss of a caption that is false of its scene: `attribute` exchanges the
+    colours of two described objects, `relation` exchanges a relation's two sides. Same words, other binding."""
+    caption = parse_caption(sentence)
+    out: dict[str, str] = {}
+    for kind, candidates in (("attribute", _colour_swaps(caption)), ("relation", _argument_swaps(caption))):
+        for candidate in candidates:
+            if not caption_holds(candidate, objects, image_size):
+                out[kind] = candidate.text()
+                break
+    return out
+
+
+def binding_probes(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The near-miss probe set of a split: `{"image", "caption", "kind", "text"}` per probe, `image` an index into
+    `entries` and `caption` the index of the true caption among the split's captions (five per image, in order)."""
+    probes = []
+    for k, e in enumerate(entries):
+        for c, sentence in enumerate(e["sentences"][:CAPTIONS_PER_IMAGE]):
+            for kind, text in near_misses(sentence, e["objects"], int(e["width"])).items():
+                probes.append({"image": k, "caption": k * CAPTIONS_PER_IMAGE + c, "kind": kind, "text": text})
+    return probes
+
+
+def has_scene_graphs(entries: list[dict[str, Any]]) -> bool:
+    """Whether image entries carry this dataset's scene graphs (objects with boxes), so captions can be judged."""
+    return bool(entries) and all(isinstance(e.get("objects"), list) and "width" in e for e in entries)

@@ -24,6 +24,14 @@ Similarity matrices stored in float16 do contain exact ties, so the rule is expl
   numbers are a lower bound.
 * ``"optimistic"``: ties are resolved in favour of the GT,
   ``rank = 1 + #{items with score > GT score}``.
+* ``"argsort"``: the rule of the SCAN and VSE∞ evaluation code (``evaluation.py``, ``i2t``/``t2i``): a
+  query's rank is ``1 +`` the position of its GT item in ``np.argsort(scores)[::-1]``, numpy's default
+  (introsort/SIMD, not stable) sort of the query's row (i2t) or column (t2i). Among equal scores the
+  order is whatever that sort leaves, neither index order nor its reverse (numpy 2.x, AVX2), and it can
+  differ between numpy builds and CPUs; ranks lie between the pessimistic and the optimistic ones.
+
+Every rule gives the same ranks on a matrix without ties. ``evaluate.tie_rule`` picks the rule of
+``fga evaluate`` (:func:`tie_rule_of`); every metrics block records it under ``"ties"``.
 
 For i2t the GT score is the best of the image's GT captions and its other GT captions are never
 competitors. NaN entries are rejected (``UserError``).
@@ -42,7 +50,14 @@ from fga.errors import UserError
 KS = (1, 5, 10)
 RECALL_KEYS = tuple(f"R@{k}" for k in KS)
 METRIC_KEYS = RECALL_KEYS + ("medr", "meanr")
-TIE_RULES = ("pessimistic", "optimistic")
+TIE_RULES = ("pessimistic", "optimistic", "argsort")
+DEFAULT_TIE_RULE = "pessimistic"
+# One line per rule, for the notes of the tables that show recalls.
+TIE_RULE_TEXT = {
+    "pessimistic": "a competitor scoring exactly the ground truth's score ranks above it (a lower bound)",
+    "optimistic": "a competitor scoring exactly the ground truth's score ranks below it (an upper bound)",
+    "argsort": "ties ordered by numpy's default argsort, as SCAN's and VSE∞'s evaluation code ranks",
+}
 PROTOCOLS = ("full", "coco5k", "coco1k")
 COCO_TEST_IMAGES = 5000
 COCO_FOLD_IMAGES = 1000
@@ -75,8 +90,49 @@ def _check_ties(ties: str) -> None:
         raise UserError(f"unknown tie rule {ties!r}; use one of {', '.join(TIE_RULES)}")
 
 
+def tie_rule_of(evaluate_settings: dict) -> str:
+    """The tie rule an `evaluate` params section asks for (`tie_rule`; pessimistic when absent), checked."""
+    rule = evaluate_settings.get("tie_rule") or DEFAULT_TIE_RULE
+    if rule not in TIE_RULES:
+        raise UserError(f"params.yaml: evaluate.tie_rule is {rule!r}; use one of {', '.join(TIE_RULES)}")
+    return rule
+
+
+def argsort_positions(scores: np.ndarray) -> np.ndarray:
+    """0-based position of every item in ``np.argsort(row)[::-1]`` of each row of a 2-D block (the peers' order)."""
+    order = np.argsort(scores, axis=1)[:, ::-1]
+    pos = np.empty(order.shape, dtype=np.int64)
+    np.put_along_axis(pos, order, np.arange(order.shape[1], dtype=np.int64)[None, :], axis=1)
+    return pos
+
+
+def _argsort_ranks(sim: np.ndarray, caps_per_image: int, want_i2t: bool, want_t2i: bool):
+    """Ranks under the `argsort` rule: rows sorted for i2t, contiguous copies of columns for t2i, in chunks."""
+    n_img, n_cap = sim.shape
+    if np.isnan(sim).any():
+        raise UserError("sim contains NaN similarity scores; fix the model/feature export")
+    step = max(1, _CHUNK_ELEMS // 8 // max(1, max(n_img, n_cap)))  # the int64 order and position blocks
+    i2t = t2i = None
+    if want_i2t:
+        i2t = np.zeros(n_img, dtype=np.int64)
+        for r0 in range(0, n_img, step):
+            rows = np.arange(r0, min(n_img, r0 + step))
+            pos = argsort_positions(sim[rows])
+            gt = rows[:, None] * caps_per_image + np.arange(caps_per_image)[None, :]
+            i2t[rows] = np.take_along_axis(pos, gt, axis=1).min(axis=1) + 1
+    if want_t2i:
+        t2i = np.zeros(n_cap, dtype=np.int64)
+        for c0 in range(0, n_cap, step):
+            cols = np.arange(c0, min(n_cap, c0 + step))
+            pos = argsort_positions(np.ascontiguousarray(sim[:, cols].T))
+            t2i[cols] = pos[np.arange(len(cols)), cols // caps_per_image] + 1
+    return i2t, t2i
+
+
 def _ranks(sim: np.ndarray, caps_per_image: int, ties: str, want_i2t: bool, want_t2i: bool):
     """Chunked rank computation; returns (i2t ranks or None, t2i ranks or None), int64, 1-based."""
+    if ties == "argsort":
+        return _argsort_ranks(sim, caps_per_image, want_i2t, want_t2i)
     n_img, n_cap = sim.shape
     img = np.arange(n_img)
     gt_cols = img[:, None] * caps_per_image + np.arange(caps_per_image)[None, :]  # [n_img, cpi]

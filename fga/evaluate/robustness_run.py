@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fga.config import for_dataset
+from fga.config import for_dataset, merged
 from fga.data import split_images
 from fga.encoding import encode_images, encode_texts
 from fga.errors import UserError
-from fga.evaluate.recall import query_ranks
+from fga.evaluate.recall import query_ranks, tie_rule_of
 from fga.evaluate.robustness import cluttered_bin, make_bins, per_bin_metrics, recall_block
-from fga.evaluate.run import (LoadedRun, _merge, load_run, mlflow_metrics as evaluate_mlflow_metrics, sanitize,
+from fga.evaluate.run import (LoadedRun, load_run, mlflow_metrics as evaluate_mlflow_metrics, sanitize,
                               score_split, settings as eval_settings, timed_matrix, weights_digest)
 from fga.evaluate.similarity import load_matrix, matrix_path
 from fga.evaluate.stats import bootstrap_options
@@ -61,7 +61,7 @@ SOURCE = "synthetic"
 
 
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    rc = _merge(DEFAULTS, cfg.get("robustness", {}))
+    rc = merged(DEFAULTS, cfg.get("robustness", {}))
     levels = rc["distractors"]
     if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in levels) or len(set(levels)) != len(levels):
         raise UserError(f"robustness.distractors must be distinct positive integers (level 0, the test set, is always "
@@ -206,7 +206,8 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
     run = load_run(cfg, dataset, backbone, method, seed, checkpoint, split)
     n_img, cpi = run.data.n_images, run.cpi
     sim, txt, reused = split_matrix(cfg, run, results_dir, split, quiet)
-    ranks = query_ranks(sim, cpi)
+    ties = tie_rule_of(ec)  # the evaluate stage's rule, so both files rank alike
+    ranks = query_ranks(sim, cpi, ties)
     clutter = clutter_breakdown(rc, dataset, split, run.data, sim, ranks, cpi, bs)
     overall = recall_block(*ranks, cpi, bs)
     curve = []
@@ -215,6 +216,7 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
     return {
         "protocol": "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full",
         "split": split,
+        "ties": ties,
         "n_images": n_img,
         "caps_per_image": cpi,
         "weights_source": str(run.data.attrs.get("weights_source", "unknown")),
@@ -251,7 +253,7 @@ def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbo
                         f"`fga robustness distractors --n {n} --backbone {backbone}`")
     img = encode_images(model, regions, mask, device)
     sim, _ = timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
-    return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi), cpi, bootstrap)}
+    return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi, tie_rule_of(eval_settings(cfg))), cpi, bootstrap)}
 
 
 def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:

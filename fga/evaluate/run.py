@@ -14,6 +14,9 @@ it without re-scoring:
 * optionally the matrix itself (`evaluate.save_matrix`: float16 | float32 -> sim_<split>.npy);
 * attention.json: GRM's region-word alignment of the first `evaluate.attention_maps` images with their
   first caption (fga.evaluate.attention); other methods write it with an empty `maps` and a `reason`.
+* GRM-arch runs: `diagnostics` in metrics.json (MLflow `diag/<name>`), what GRM's modules do on the first
+  `DIAGNOSTIC_IMAGES` images of the split (fga.models.grm.diagnostics: attention entropy, region distinctness,
+  keep ratios, sigma, each level's own R@1 in eval and train mode); other methods' metrics.json has no such key.
 
 COCO 1K ranks are within-fold ranks (each image ranked in its own 1K fold); because the folds have
 equal sizes, recalls computed from the concatenated fold ranks equal the 5-fold means, so the
@@ -21,7 +24,6 @@ bootstrap CI of coco1k resamples them directly.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +32,26 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from fga.config import evaluation_section, for_dataset
+from fga.config import evaluation_section, for_dataset, merged
 from fga.data import split_images
 from fga.encoding import encode_images, encode_split, encode_texts
 from fga.errors import UserError
 from fga.evaluate.hubness import qb_norm_both
 from fga.evaluate.recall import (COCO_FOLD_IMAGES, PROTOCOLS, _ranks, evaluate_protocol, mean_metrics,
-                                 metrics_from_ranks)
-from fga.evaluate.similarity import matrix_path, plan_blocks, save_matrix, similarity_matrix
+                                 metrics_from_ranks, tie_rule_of)
+from fga.evaluate.scene_graphs import scene_graph_metrics, scene_graph_mlflow
+from fga.evaluate.similarity import matrix_path, matrix_sha256, plan_blocks, save_matrix, similarity_matrix
 from fga.evaluate.stats import BOOTSTRAP_DEFAULTS, bootstrap_ci, bootstrap_options
 from fga.features.store import feature_hash
 from fga.features.text import split_captions
 from fga.finetune import finetuned_regions
+from fga.integrity import check_zip
 from fga.inputs import SplitInputs, caption_tokens, caps_per_image, is_finetune, load_split, paths, store_rows
 from fga.io import atomic_path, read_json, write_json
 from fga.models.base import RetrievalModel
 
 TIES = "pessimistic"
+DIAGNOSTIC_IMAGES = 200  # the review's sample size; diagnostics cost two encodings and three level matrices of these
 MLFLOW_NAMES = ("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "rsum")
 DEFAULTS: dict[str, Any] = {
     "split": "test",
@@ -62,17 +67,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def settings(cfg: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
     """`evaluate` params with the defaults filled in (older params files lack the newer keys) and, for a dataset,
     its `evaluate.per_dataset` entry merged in (the stages pass `for_dataset(cfg, dataset)`, which does that)."""
-    return _merge(DEFAULTS, evaluation_section(cfg, dataset))
+    return merged(DEFAULTS, evaluation_section(cfg, dataset))
 
 
 def protocols(ec: dict[str, Any]) -> list[str]:
@@ -113,7 +111,7 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
     For every protocol p: ``p/<name>`` (name in i2t_R1, i2t_R5, i2t_R10, t2i_R1, t2i_R5, t2i_R10,
     rsum, plus i2t_medr, i2t_meanr, t2i_medr, t2i_meanr), ``p/ci/<name>_lo`` and ``p/ci/<name>_hi``
-    for the seven recall names, and ``qbnorm/p/<name>`` when QB-Norm ran.
+    for the seven recall names, ``qbnorm/p/<name>`` when QB-Norm ran, and ``diag/<name>`` for GRM's diagnostics.
     """
     flat: dict[str, float] = {}
     for p, block in metrics["protocols"].items():
@@ -127,6 +125,8 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             flat[f"{p}/ci/rsum_lo"], flat[f"{p}/ci/rsum_hi"] = (float(x) for x in ci["rsum"])
         if block.get("qbnorm"):
             flat.update(flat_metrics(block["qbnorm"], f"qbnorm/{p}"))
+    flat.update({f"diag/{k}": float(v) for k, v in (metrics.get("diagnostics") or {}).items()})
+    flat.update(scene_graph_mlflow(metrics))  # positives/..., binding/... for datasets with scene graphs
     return flat
 
 
@@ -222,19 +222,19 @@ def _folds(n_img: int, protocol: str) -> list[slice]:
     return [slice(0, n_img)]
 
 
-def protocol_ranks(sim: np.ndarray, protocol: str, cpi: int) -> tuple[np.ndarray, np.ndarray]:
+def protocol_ranks(sim: np.ndarray, protocol: str, cpi: int, ties: str = TIES) -> tuple[np.ndarray, np.ndarray]:
     """Per-query ranks under a protocol, in image / caption order (coco1k: ranks within each fold)."""
     i2t, t2i = [], []
     for f in _folds(sim.shape[0], protocol):
         sub = sim[f, f.start * cpi : f.stop * cpi]
-        a, b = _ranks(sub, cpi, TIES, True, True)
+        a, b = _ranks(sub, cpi, ties, True, True)
         i2t.append(a)
         t2i.append(b)
     return np.concatenate(i2t), np.concatenate(t2i)
 
 
 def qbnorm_protocol(sim: np.ndarray, bank_t2i: np.ndarray, bank_i2t: np.ndarray, protocol: str, cpi: int,
-                    qb: dict[str, Any]) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+                    qb: dict[str, Any], ties: str = TIES) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """QB-Norm metrics under a protocol (coco1k: the bank normalises each fold's own gallery)."""
     i2t_all, t2i_all, folds = [], [], []
     for f in _folds(sim.shape[0], protocol):
@@ -242,8 +242,8 @@ def qbnorm_protocol(sim: np.ndarray, bank_t2i: np.ndarray, bank_i2t: np.ndarray,
         s_i2t, s_t2i = qb_norm_both(sim[f, caps], np.ascontiguousarray(bank_t2i[:, f]),
                                     np.ascontiguousarray(bank_i2t[:, caps]),
                                     beta=float(qb["beta"]), k=int(qb["k"]), mode=qb["mode"])
-        i2t, _ = _ranks(s_i2t, cpi, TIES, True, False)
-        _, t2i = _ranks(s_t2i, cpi, TIES, False, True)
+        i2t, _ = _ranks(s_i2t, cpi, ties, True, False)
+        _, t2i = _ranks(s_t2i, cpi, ties, False, True)
         i2t_all.append(i2t)
         t2i_all.append(t2i)
         folds.append(metrics_from_ranks(i2t, t2i))
@@ -321,16 +321,18 @@ def rank_protocols(cfg: dict[str, Any], sim: np.ndarray, names: list[str], cpi: 
     """Per protocol: its metrics block (recalls, bootstrap `ci`, `qbnorm` with a bank) and its per-query ranks
     (`<protocol>_i2t`/`_t2i`, `qbnorm_<protocol>_*`)."""
     bs = bootstrap_options(cfg)
+    ties = tie_rule_of(settings(cfg))  # evaluate.tie_rule; every block records it under "ties"
     blocks: dict[str, dict[str, Any]] = {}
     ranks: dict[str, np.ndarray] = {}
     for p in names:
-        block = evaluate_protocol(sim, p, cpi, TIES)
-        i2t, t2i = protocol_ranks(sim, p, cpi)
+        block = evaluate_protocol(sim, p, cpi, ties)
+        i2t, t2i = protocol_ranks(sim, p, cpi, ties)
         ranks[f"{p}_i2t"], ranks[f"{p}_t2i"] = i2t, t2i
         block["ci"] = bootstrap_ci(i2t, t2i, cpi, **bs)
         if bank is not None:
             bank_t2i, bank_i2t, _ = bank
-            block["qbnorm"], (q_i2t, q_t2i) = qbnorm_protocol(sim, bank_t2i, bank_i2t, p, cpi, settings(cfg)["qbnorm"])
+            block["qbnorm"], (q_i2t, q_t2i) = qbnorm_protocol(sim, bank_t2i, bank_i2t, p, cpi, settings(cfg)["qbnorm"],
+                                                                ties)
             ranks[f"qbnorm_{p}_i2t"], ranks[f"qbnorm_{p}_t2i"] = q_i2t, q_t2i
         blocks[p] = block
     return blocks, ranks
@@ -349,7 +351,19 @@ def write_outputs(out_dir: Path, cfg: dict[str, Any], dataset: str, backbone: st
     if saved is None:
         return None
     return {"file": saved.name, "dtype": ec["save_matrix"], "shape": list(sim.shape),
-            "checkpoint": weights_digest(run.state)}
+            "checkpoint": weights_digest(run.state), "sha256": matrix_sha256(saved)}
+
+
+def module_diagnostics(run: LoadedRun) -> dict[str, float] | None:
+    """GRM's module diagnostics on the run's split (names without the `grm/` prefix); None for other models."""
+    from fga.models.grm import GRM
+    from fga.models.grm.diagnostics import PREFIX, grm_diagnostics
+
+    if not isinstance(run.model, GRM):
+        return None
+    d = run.data
+    out = grm_diagnostics(run.model, d.regions, d.mask, d.tokens, d.lengths, run.cpi, max_images=DIAGNOSTIC_IMAGES)
+    return {k.removeprefix(PREFIX): v for k, v in out.items()}
 
 
 def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int, checkpoint: Path,
@@ -385,6 +399,10 @@ def evaluate(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed
     })
     print(f"similarity: {timing['pairs']} pairs in {timing['seconds']} s ({timing['pairs_per_s']:.3g} pairs/s, "
           f"blocks {timing['block_images']} x {timing['block_captions']})", flush=True)
+    diagnostics = module_diagnostics(run)
+    if diagnostics is not None:
+        metrics["diagnostics"] = diagnostics
+    metrics.update(scene_graph_metrics(cfg, dataset, backbone, run.model, run.device, run.data.image_ids, sim, img))
     if out_dir is not None:
         matrix = write_outputs(out_dir, cfg, dataset, backbone, method, run, sim, ranks, primary, n_attention)
         if matrix is not None:
@@ -442,6 +460,7 @@ def load_ranks(path: Path, protocol: str | None = None) -> RanksFile:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: ranks not found; run `fga evaluate` first")
+    check_zip(path, "fga evaluate")
     with np.load(path) as z:
         prefix = "" if protocol is None else f"{protocol}_"
         if f"{prefix}i2t" not in z:

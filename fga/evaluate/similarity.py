@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from fga.errors import UserError
-from fga.io import atomic_path
+from fga.integrity import check_once, file_sha256
+from fga.io import atomic_path, read_json
 from fga.models.base import Encoded, RetrievalModel, slice_encoded
 
 DEFAULT_BUDGET_MB = 4096  # fits a 24 GiB machine with room for the encodings and the result matrix
@@ -258,11 +259,26 @@ def save_matrix(path: Path, sim: np.ndarray, dtype: str) -> Path | None:
     return Path(path)
 
 
+def matrix_sha256(path: Path) -> str:
+    """The digest evaluate records in metrics.json's `matrix` entry (`sha256`) for the file it saved."""
+    return file_sha256(path)
+
+
+def _verify_matrix(path: Path) -> None:
+    """Check `path` against the digest in the metrics.json beside it, when that records one for this file."""
+    meta_path = path.parent / "metrics.json"
+    entry = read_json(meta_path, "metrics.json").get("matrix") if meta_path.exists() else None
+    if isinstance(entry, dict) and entry.get("file") == path.name and entry.get("sha256"):
+        check_once(path, str(entry["sha256"]), lambda: file_sha256(path), "fga evaluate")
+
+
 def load_matrix(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A saved matrix as float32 (a float16 file keeps its ties); checks the shape when given."""
+    """A saved matrix as float32 (a float16 file keeps its ties); checks the shape when given, and the content
+    digest recorded in the metrics.json beside it."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: similarity matrix not found; run `fga evaluate` with evaluate.save_matrix set")
+    _verify_matrix(path)
     try:
         sim = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:

@@ -16,6 +16,10 @@ batches, so the final file holds the same bytes as an uninterrupted run. The fin
 appear only when it is whole. A partial file that cannot be opened, or was written with other params, is
 discarded and started over.
 
+Integrity: `finish()` records the `content_sha256` attr (fga.integrity): sha256 over every dataset's dtype, shape
+and bytes and every other attr. Opening a finished store checks it once per process, so a byte flipped on disk
+is a one-line UserError naming the file, never features silently used. Stores written before it have none.
+
 Reading: `read_store` / `read_text_store` load a whole split; `RegionStoreDataset` and `TextStore` read one
 item at a time (h5py per-item reads, the file opened lazily in each DataLoader worker).
 
@@ -24,21 +28,26 @@ item at a time (h5py per-item reads, the file opened lazily in each DataLoader w
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from fga.config import params_hash
 from fga.errors import UserError
+from fga.integrity import CHUNK_BYTES, check_once, update_array
+from fga.io import disk_full_error, is_disk_full
 
 REQUIRED = ("regions", "boxes", "mask", "image_id")
 TEXT_REQUIRED = ("tokens", "mask", "image_id")
 RESUME_ATTRS = ("params_hash", "data_hash")  # a partial file is resumed only when these match
+DIGEST_ATTR = "content_sha256"
 DEFAULT_PRECOMP: dict[str, dict[str, Any]] = {"butd": {"format": "npy", "tsv": None, "max_regions": None}}
 
 Layout = Mapping[str, tuple[tuple[int, ...], str]]
@@ -82,6 +91,24 @@ def feature_hash(cfg: dict[str, Any], dataset: str, backbone: str) -> str:
     raise UserError(f"params.yaml: backbone {backbone!r} not under features.backbones or features.precomp; "
                     f"known: {known_backbones(cfg)}")
 
+
+def content_digest(f: h5py.File) -> str:
+    """sha256 of a store's content: every attr but the digest, every dataset (read in blocks of rows)."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in f.attrs if k != DIGEST_ATTR):
+        update_array(digest, f"attr:{key}", np.asarray(f.attrs[key]))
+    for name in sorted(f):
+        data = f[name]
+        row_bytes = data.dtype.itemsize * int(np.prod(data.shape[1:], dtype=np.int64))
+        rows = max(1, CHUNK_BYTES // max(1, row_bytes))
+        digest.update(f"{name}:{data.dtype.str}:{list(data.shape)};".encode())
+        if not data.shape:
+            update_array(digest, name, np.asarray(data[()]))
+        for start in range(0, data.shape[0] if data.shape else 0, rows):
+            update_array(digest, name, data[start:start + rows])
+    return digest.hexdigest()
+
+
 def _dcpl() -> Any:
     """Dataset creation properties: all space allocated up front, no fill pass (rows are always written)."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
@@ -112,8 +139,38 @@ class ChunkedWriter:
             self.file = self._try_resume(attrs)
             if self.file is None:
                 self.partial.unlink()
-        if self.file is None:
-            self.file = self._create(attrs, chunk_rows)
+        with self._unless_disk_full():
+            if self.file is None:
+                self.file = self._create(attrs, chunk_rows)
+            self._reserve_space()
+
+    def _reserve_space(self) -> None:
+        """Allocate the file's blocks now (HDF5 only reserves addresses): a disk too small fails here, before any
+        row is computed, and never mid-write, where HDF5 reports ENOSPC only while freeing handles (or crashes)."""
+        fd = os.open(self.partial, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without fallocate write as before
+                raise
+        finally:
+            os.close(fd)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the datasets (what the finished file needs, bar a little HDF5 metadata)."""
+        return sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in self.layout.values())
+
+    @contextlib.contextmanager
+    def _unless_disk_full(self) -> Iterator[None]:
+        """A write that fills the disk: delete the partial file (freeing its space) and say what the store needs."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            if not is_disk_full(exc, self.path.parent):
+                raise
+            self.abort()
+            raise disk_full_error(self.path, self.nbytes, exact=True) from None
 
     def _try_resume(self, attrs: Mapping[str, Any]) -> h5py.File | None:
         try:
@@ -149,11 +206,12 @@ class ChunkedWriter:
         if set(arrays) != set(self.layout):
             raise ValueError(f"write needs exactly {sorted(self.layout)}, got {sorted(arrays)}")
         stop = start + len(next(iter(arrays.values())))
-        for name, value in arrays.items():
-            self.file[name][start:stop] = np.asarray(value).astype(self.layout[name][1], copy=False)
-        self.file.flush()
-        self.file.attrs["rows_done"] = stop
-        self.file.flush()
+        with self._unless_disk_full():
+            for name, value in arrays.items():
+                self.file[name][start:stop] = np.asarray(value).astype(self.layout[name][1], copy=False)
+            self.file.flush()
+            self.file.attrs["rows_done"] = stop
+            self.file.flush()
         self.rows_done = stop
 
     def finish(self) -> None:
@@ -161,15 +219,20 @@ class ChunkedWriter:
         assert self.file is not None, "writer already finished"
         if self.rows_done < self.n_rows:
             raise RuntimeError(f"{self.partial}: only {self.rows_done} of {self.n_rows} rows written")
-        self.file.attrs["rows_done"] = self.n_rows
-        self.file.close()
+        with self._unless_disk_full():
+            self.file.attrs["rows_done"] = self.n_rows
+            self.file.attrs[DIGEST_ATTR] = content_digest(self.file)
+            self.file.close()
         self.file = None
         os.replace(self.partial, self.path)
 
     def abort(self) -> None:
         """Close and delete the partial file: nothing of this run is left behind."""
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except (OSError, RuntimeError):  # its last flush fails too when the disk is full
+                pass
             self.file = None
         self.partial.unlink(missing_ok=True)
 
@@ -231,7 +294,23 @@ def _open_checked(path: Path, required: Sequence[str], expect_hash: str | None, 
         f.close()
         raise UserError(f"{path}: extracted with other {what} params (hash {stored} != {expect_hash}); re-run `{fix}` "
                         "for this config")
+    _verify_content(f, path, fix)
     return f
+
+
+def _verify_content(f: h5py.File, path: Path, fix: str) -> None:
+    """Check the recorded content digest (stores written before it existed have none); closes `f` on failure."""
+    expected = f.attrs.get(DIGEST_ATTR)
+    if expected is None:
+        return
+    try:
+        check_once(path, str(expected), lambda: content_digest(f), fix)
+    except OSError as exc:  # a flipped byte in a chunk's metadata fails the read itself
+        f.close()
+        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and re-run `{fix}`") from None
+    except UserError:
+        f.close()
+        raise
 
 
 def open_store(path: str | Path, expect_hash: str | None = None) -> h5py.File:

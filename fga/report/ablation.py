@@ -9,7 +9,7 @@ import pandas as pd
 
 from fga.models.registry import arch_name, declared_arch
 from fga.report.notes import say
-from fga.report.runs import COLUMNS, KEYS
+from fga.report.runs import COLUMNS, KEYS, PROVENANCE
 from fga.report.tables import DASH, HEADERS, pm, write_table
 
 # the module an ablation switch removes (docs/grm.md §6, Table 2)
@@ -73,7 +73,7 @@ def ablation_table(cfg: dict[str, Any], runs: pd.DataFrame, summary: pd.DataFram
     shown["ΔrSum"] = [DASH if pd.isna(d) else ("0.0" if m.endswith("(full)") else f"{d:+.1f}")
                       for d, m in zip(data["delta_rsum"], data["model"])]
     shown = shown.rename(columns={k: k.capitalize() for k in LABELS})
-    prov = runs[runs["method"].isin(set(data["method"]))][KEYS + ["seed", "run_id"] + COLUMNS]
+    prov = runs[runs["method"].isin(set(data["method"]))][KEYS + PROVENANCE + COLUMNS]
     note = ("Module ablation (cf. GRM Table 2): the full model and each variant with one module switched off "
             "(`methods.<variant>: {arch: ..., use_<module>: false}`), mean ± std over seeds; ΔrSum = variant − full, "
             "on the same dataset, protocol and backbone. Runs in ablation_provenance.csv.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,13 +15,16 @@ from fga.paths import output_roots
 from fga.report.ablation import ablation_table
 from fga.report.figures import attention_figures, clutter_figure, distractor_figure, seed_spread_figure
 from fga.report.files import file_runs_frame
-from fga.report.notes import say
+from fga.report.grm import grm_figures, grm_tables
+from fga.report.curves import learning_curve_figure
+from fga.report.notes import say, tie_rules, ties_note
 from fga.report.paper import paper_table
-from fga.report.retrieval import main_table, qbnorm_table
+from fga.report.positives import scene_graph_tables
+from fga.report.retrieval import main_table, qbnorm_table, sortable_main_table
 from fga.report.robustness import clutter_table, distractor_table
-from fga.report.runs import evaluation_runs, in_grid, missing_runs, reads_files, robustness_runs
+from fga.report.runs import RESULT_FILE, evaluation_runs, in_grid, missing_runs, reads_files, robustness_runs
 from fga.report.significance import significance_table
-from fga.report.tables import display, markdown, summarise
+from fga.report.tables import display, markdown, summarise, weights_legend
 
 
 class Runs(NamedTuple):
@@ -61,13 +65,16 @@ def read_runs(cfg: dict[str, Any]) -> Runs:
 
 def write_tables(cfg: dict[str, Any], runs: Runs, out: Path, quiet: bool) -> tuple[pd.DataFrame, bool, bool]:
     """Every table into `out`; (the main table's summary, whether the clutter and the distractor tables exist)."""
-    summary = main_table(runs.main, out, runs.missing, bootstrap_options(cfg)["confidence"])
+    ties = ties_note(tie_rules(cfg, list(runs.main["run_id"])))  # robustness ranks with the evaluate stage's rule
+    summary = main_table(runs.main, out, runs.missing, bootstrap_options(cfg)["confidence"], ties)
     ablation_table(cfg, runs.every, summarise(runs.every), out, quiet)
-    qbnorm_table(runs.main, out, quiet)
-    significance_table(cfg, runs.main, out, quiet)
-    has_clutter = clutter_table(runs.clutter, out, quiet)
-    has_distract = distractor_table(runs.distract, out, quiet)
+    qbnorm_table(runs.main, out, quiet, ties)
+    significance_table(cfg, runs.main, out, quiet, ties=ties)
+    has_clutter = clutter_table(runs.clutter, out, quiet, ties)
+    has_distract = distractor_table(runs.distract, out, quiet, ties)
     paper_table(out)
+    scene_graph_tables(cfg, runs.main, out, quiet)  # positives.*, binding.* (datasets with scene graphs)
+    grm_tables(cfg, out, quiet)  # GRM's diagnostics and its ablation/sensitivity sweeps (`sweeps`)
     return summary, has_clutter, has_distract
 
 
@@ -78,22 +85,45 @@ def write_figures(cfg: dict[str, Any], runs: Runs, figs: Path, clutter: bool, di
     if distract:
         distractor_figure(runs.distract, figs)
     attention_figures(cfg, runs.main, figs, quiet)
+    learning_curve_figure(cfg, figs, quiet)
+    grm_figures(cfg, figs, quiet)
 
 
-def log_report_runs(cfg: dict[str, Any], runs: Runs, tables_dir: Path, figures_dir: Path) -> None:
-    """One `report` run per dataset with evaluate runs, holding the tables and figures as artifacts."""
+RUN_ID_MAP = "provenance_run_ids.csv"
+MAIN_TABLE_VIEW = "main_table.json"
+
+
+def run_id_map(runs: Runs, dataset: str) -> pd.DataFrame:
+    """The MLflow run id of every run of `dataset` that the provenance CSVs name (by key and result file); logged
+    with the report run only, since run ids are random and reports/tables must be reproducible."""
+    cols = ["dataset", "backbone", "method", "seed", RESULT_FILE, "run_id"]
+    parts = [runs.every[cols].assign(stage="evaluate")]
+    parts += [frame[cols].assign(stage="robustness") for frame in (runs.clutter, runs.distract) if not frame.empty]
+    every = pd.concat(parts, ignore_index=True).drop_duplicates()
+    every = every[every["dataset"] == dataset][["stage"] + cols]
+    return every.sort_values(["stage", "dataset", "backbone", "method", "seed"]).reset_index(drop=True)
+
+
+def log_report_runs(cfg: dict[str, Any], runs: Runs, summary: pd.DataFrame, tables_dir: Path,
+                    figures_dir: Path) -> None:
+    """One `report` run per dataset with evaluate runs, holding the tables and figures as artifacts, the main table
+    as an MLflow table (sortable in the UI) and the run-id map of the provenance CSVs."""
     from fga.tracking import log_run
 
     for dataset in cfg["grid"]["datasets"]:
         if dataset not in set(runs.every["dataset"]):
             continue
         clutter = runs.clutter
-        log_run(cfg, {"dataset": dataset, "backbone": "all", "method": "all", "seed": "all", "stage": "report"},
-                params={"report": cfg["report"], "grid": cfg["grid"]},
-                metrics={"n_evaluate_runs": int((runs.every["dataset"] == dataset).sum()),
-                         "n_robustness_runs": int(clutter[clutter["dataset"] == dataset]["run_id"].nunique())
-                         if not clutter.empty else 0},
-                artifacts=[(tables_dir, "tables"), (figures_dir, "figures")])
+        with tempfile.TemporaryDirectory() as tmp:
+            id_map = Path(tmp) / RUN_ID_MAP
+            run_id_map(runs, dataset).to_csv(id_map, index=False)
+            log_run(cfg, {"dataset": dataset, "backbone": "all", "method": "all", "seed": "all", "stage": "report"},
+                    params={"report": cfg["report"], "grid": cfg["grid"]},
+                    metrics={"n_evaluate_runs": int((runs.every["dataset"] == dataset).sum()),
+                             "n_robustness_runs": int(clutter[clutter["dataset"] == dataset]["run_id"].nunique())
+                             if not clutter.empty else 0},
+                    artifacts=[(tables_dir, "tables"), (figures_dir, "figures"), id_map],
+                    tables={MAIN_TABLE_VIEW: sortable_main_table(summary)})
 
 
 def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
@@ -109,7 +139,8 @@ def write_report(cfg: dict[str, Any], quiet: bool = False) -> None:
     if reads_files(cfg):  # no store to log to: the tables and figures are the report stage's DVC outputs
         say("report: read the result files (report.source: files); no MLflow report run logged", quiet)
     else:
-        log_report_runs(cfg, runs, tables_dir, figures_dir)
+        log_report_runs(cfg, runs, summary, tables_dir, figures_dir)
     if not quiet:
         print(markdown(display(summary, confidence=bootstrap_options(cfg)["confidence"])))
+        print(weights_legend(summary))
         print(f"report: tables in {tables_dir}/, figures in {figures_dir}/")

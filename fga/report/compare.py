@@ -11,8 +11,8 @@ import pandas as pd
 from fga.errors import UserError
 from fga.evaluate.stats import bootstrap_options
 from fga.paths import compare_dir
-from fga.report.runs import COLUMNS, KEYS, evaluation_runs, in_grid
-from fga.report.tables import DASH, display, markdown, summarise, write_table
+from fga.report.runs import COLUMNS, KEYS, PROVENANCE, evaluation_runs, in_grid
+from fga.report.tables import DASH, display, markdown, summarise, weights_legend, write_table
 
 EXPERIMENT = "experiment"
 
@@ -66,12 +66,14 @@ def write_comparison(cfg: dict[str, Any], names: list[str], quiet: bool = False)
     shown = display(summary, keys=[EXPERIMENT] + KEYS, confidence=confidence)
     shown[f"ΔrSum vs {names[0]}"] = [DASH if math.isnan(d) else f"{d:+.1f}" for d in summary["delta_rsum"]]
     note = (f"The main retrieval table of each experiment (Recall@K in %, mean ± sample std over seeds), read from "
-            f"its MLflow evaluate runs (listed in the provenance CSV); ΔrSum = the row's mean rSum − experiment "
-            f"{names[0]!r}'s for the same dataset, protocol, backbone and method ({DASH} where it has none).")
+            f"its MLflow evaluate runs (the provenance CSV names each by its key and result file); ΔrSum = the row's "
+            f"mean rSum − experiment {names[0]!r}'s for the same dataset, protocol, backbone and method "
+            f"({DASH} where it has none).")
     out = compare_dir(cfg)
     name = "compare_" + "_vs_".join(names)
-    provenance = runs[[EXPERIMENT] + KEYS + ["seed", "run_id"] + COLUMNS]
-    files = write_table(out, name, f"Experiments compared: {', '.join(names)}", note, shown, summary, provenance)
+    provenance = runs[[EXPERIMENT] + KEYS + PROVENANCE + COLUMNS]
+    files = write_table(out, name, f"Experiments compared: {', '.join(names)}", note, shown, summary, provenance,
+                        weights_legend(summary))
     if not quiet:
         print(markdown(shown))
         print(f"report: comparison in {out}/{name}.md (.csv, .tex)")

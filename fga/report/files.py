@@ -5,7 +5,8 @@ alone rebuilds the report, with the same numbers.
 
 Each file becomes the row its stage would have logged: the same tags and the same flattening of its numbers
 (fga.evaluate.run.mlflow_metrics, fga.evaluate.robustness_run.mlflow_metrics). A row's `run_id` is its
-results directory, which the provenance CSVs then name instead of an MLflow run id."""
+results directory (where its ranks.npz and attention.json are read); the provenance CSVs name every run by its key
+and its result file (:func:`result_file`) from either source."""
 from __future__ import annotations
 
 import sys
@@ -25,6 +26,12 @@ RESULT_FILES = {"evaluate": "metrics.json", "robustness": "robustness.json"}
 def result_dir(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> Path:
     """Where the evaluate and robustness stages of the params' experiment write a run's results."""
     return Path(output_roots(cfg).results) / dataset / backbone / method / f"seed{seed}"
+
+
+def result_file(cfg: dict[str, Any], stage: str, dataset: str, backbone: str, method: str, seed: int) -> str:
+    """The result file of a run (e.g. results/<dataset>/<backbone>/<method>/seed<k>/metrics.json): what the
+    provenance CSVs name a run by, the same whichever source the report reads."""
+    return (result_dir(cfg, dataset, backbone, method, int(seed)) / RESULT_FILES[stage]).as_posix()
 
 
 def _flattener(stage: str) -> Callable[[dict[str, Any]], dict[str, float]]:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from fga.report.runs import RESULT_FILE
 from fga.report.tables import write_table
 
-# GRM (AAAI 2025) Table 1 as the paper reports it (rSum only; the per-recall values are not available).
-PAPER_SOURCE = "GRM (AAAI 2025), Table 1 (rSum); see the README's Faithfulness notes"
+# GRM (AAAI 2026) Table 1 as the paper reports it (rSum only; the per-recall values are not available).
+PAPER_SOURCE = "GRM (AAAI 2026), Table 1 (rSum); see docs/methods.md#faithfulness"
 PAPER_GRM_RSUM = pd.DataFrame(
     [("ViT-B-224", 516.2, 532.5, 443.0), ("ViT-B-384", 531.8, 538.2, 451.2),
      ("Swin-B-224", 546.0, 547.5, 470.8), ("Swin-B-384", 550.7, 548.0, 478.3)],
@@ -26,8 +27,8 @@ def paper_table(out: Path) -> None:
         shown[c] = shown[c].map(lambda v: f"{v:.1f}")
     prov = PAPER_GRM_RSUM.melt(id_vars="backbone", var_name="dataset_protocol", value_name="rsum")
     prov["source"] = PAPER_SOURCE
-    prov["run_id"] = ""
+    prov[RESULT_FILE] = ""  # measured by no stage of this pipeline
     note = ("**paper (not measured here)**: GRM's rSum as the paper reports it (ViT/Swin backbones fine-tuned on "
-            "Flickr30K/COCO), for reference only. These numbers were not produced by this pipeline and belong to "
-            "no MLflow run; compare them with the measured tables only with that in mind.")
+            "Flickr30K/COCO), for reference only. These numbers were not produced by this pipeline and have no "
+            "run or result file here; compare them with the measured tables only with that in mind.")
     write_table(out, "paper_reference", "GRM as published — paper (not measured here)", note, shown, data, prov)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from fga.report.notes import say
-from fga.report.runs import COLUMNS, RUN_KEYS, bin_order, present
+from fga.report.runs import COLUMNS, PROVENANCE, RUN_KEYS, bin_order, present
 from fga.report.tables import DASH, pm, summarise, write_table
 
 
@@ -37,7 +37,7 @@ def _clutter_summary(clutter: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def clutter_table(clutter: pd.DataFrame, out: Path, quiet: bool) -> bool:
+def clutter_table(clutter: pd.DataFrame, out: Path, quiet: bool, ties: str = "") -> bool:
     """robustness_clutter.*; False (and a note) without clutter metrics."""
     if clutter.empty:
         say("report: no robustness runs with <protocol>/clutter/<bin>/... metrics; clutter table and figure skipped", quiet)
@@ -52,14 +52,14 @@ def clutter_table(clutter: pd.DataFrame, out: Path, quiet: bool) -> bool:
     note = ("rSum per clutter bin (objects per test image); each bin's queries are ranked against the FULL test "
             "gallery, so bins differ only in which queries they hold. `cluttered` = the most cluttered images "
             "(top quantile), `all` = every test image. Mean ± sample std over seeds; n = test images in the bin. "
-            "Per-recall means and stds in robustness_clutter.csv; runs in robustness_clutter_provenance.csv.")
-    prov = clutter[RUN_KEYS + ["bin", "seed", "run_id"] + present(clutter, COLUMNS + ["n_images"])]
+            "Per-recall means and stds in robustness_clutter.csv; runs in robustness_clutter_provenance.csv." + (f" {ties}" if ties else ""))
+    prov = clutter[RUN_KEYS + ["bin"] + PROVENANCE + present(clutter, COLUMNS + ["n_images"])]
     write_table(out, "robustness_clutter", "Robustness: recall vs clutter", note, _wide(summary, "bin", fmt), summary,
                 prov)
     return True
 
 
-def distractor_table(distract: pd.DataFrame, out: Path, quiet: bool) -> bool:
+def distractor_table(distract: pd.DataFrame, out: Path, quiet: bool, ties: str = "") -> bool:
     """robustness_distractors.*; False (and a note) without distractor metrics."""
     if distract.empty:
         say("report: no robustness runs with <protocol>/distractors/<n>/... metrics; distractor table and figure "
@@ -68,8 +68,8 @@ def distractor_table(distract: pd.DataFrame, out: Path, quiet: bool) -> bool:
     summary = summarise(distract, RUN_KEYS + ["n_extra"], COLUMNS).sort_values(RUN_KEYS + ["n_extra"])
     shown = _wide(summary.reset_index(drop=True), "n_extra", lambda n: f"rSum +{n}")
     note = ("rSum when every test image gets n extra objects that no caption mentions (synthetic scenes "
-            "re-rendered), mean ± sample std over seeds. Runs in robustness_distractors_provenance.csv.")
-    prov = distract[RUN_KEYS + ["n_extra", "seed", "run_id"] + present(distract, COLUMNS)]
+            "re-rendered), mean ± sample std over seeds. Runs in robustness_distractors_provenance.csv." + (f" {ties}" if ties else ""))
+    prov = distract[RUN_KEYS + ["n_extra"] + PROVENANCE + present(distract, COLUMNS)]
     write_table(out, "robustness_distractors", "Robustness: recall vs added distractors", note, shown,
                 summary.reset_index(drop=True), prov)
     return True

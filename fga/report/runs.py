@@ -1,7 +1,8 @@
 """What the report reads from MLflow: the evaluate and robustness runs as frames (restricted to the configured grid),
 and the artifacts of a run (its ranks.npz, its region-word attention files). With `report.source: files` the frames
 come from the DVC-tracked result files instead (fga.report.files), a run id is its results directory, and the
-artifacts are read there."""
+artifacts are read there. Either way each row also names its run's result file (`result_file`): the provenance CSVs
+identify runs by it and their key, never by an MLflow run id (random), so the DVC-tracked tables are reproducible."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,14 @@ import pandas as pd
 
 from fga.errors import UserError
 from fga.grid import grid_cells
+from fga.report.files import result_file
 
 RECALLS = [f"{d}_R{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
 COLUMNS = RECALLS + ["rsum"]
 KEYS = ["dataset", "protocol", "backbone", "method"]
 RUN_KEYS = ["dataset", "backbone", "method"]
+RESULT_FILE = "result_file"
+PROVENANCE = ["seed", RESULT_FILE]  # after a table's keys: how its provenance CSV names each run
 # region-word maps of an evaluate run (attention.json; region_attention_<i>.json of older runs)
 ATTENTION_RE = re.compile(r"(^|/)(region_)?attention[^/]*\.json$")
 
@@ -40,7 +44,7 @@ def _metric(r: pd.Series, name: str) -> float:
 
 
 def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per evaluate run: key tags, weights source, run id, the protocol's metrics, and, where the
+    """One row per evaluate run: key tags, weights source, run id, result file, the protocol's metrics, and, where the
     evaluate stage computed them, bootstrap CI bounds (``<name>_ci_lo/_hi``) and QB-Norm recalls (``qb_<name>``)."""
     from fga.tracking import runs_frame
 
@@ -53,6 +57,7 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
         protocol = r["tags.protocol"]
         row = {k: r[f"tags.{k}"] for k in ("dataset", "backbone", "method", "seed")}
         row.update(protocol=protocol, run_id=r["run_id"], weights=r.get("tags.weights_source", "") or "")
+        row[RESULT_FILE] = result_file(cfg, "evaluate", row["dataset"], row["backbone"], row["method"], row["seed"])
         row.update({c: _metric(r, f"{protocol}/{c}") for c in COLUMNS})
         row.update({f"{c}_ci_{b}": _metric(r, f"{protocol}/ci/{c}_{b}") for c in COLUMNS for b in ("lo", "hi")})
         row.update({f"qb_{c}": _metric(r, f"qbnorm/{protocol}/{c}") for c in COLUMNS})
@@ -125,6 +130,7 @@ def robustness_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> tu
     for _, r in runs.iterrows():
         base = {k: r[f"tags.{k}"] for k in RUN_KEYS + ["seed"]}
         base["run_id"] = r["run_id"]
+        base[RESULT_FILE] = result_file(cfg, "robustness", *(base[k] for k in RUN_KEYS + ["seed"]))
         protocol = r.get("tags.protocol")
         for col, v in r.items():
             if not isinstance(col, str) or not col.startswith("metrics.") or pd.isna(v):

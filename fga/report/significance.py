@@ -12,20 +12,22 @@ import pandas as pd
 
 from fga.evaluate.stats import bootstrap_options, paired_test, paired_tests_over_seeds
 from fga.report.notes import say
-from fga.report.runs import run_ranks
+from fga.report.runs import RESULT_FILE, run_ranks
 from fga.report.tables import DASH, write_table
 
 CELL = ["dataset", "protocol", "backbone", "baseline"]
 
 
-def _pairs(runs: pd.DataFrame, method: str, baselines: list[str]) -> Iterator[tuple[tuple, str, int, str, str]]:
-    """((dataset, protocol, backbone), baseline, seed, run of `method`, run of the baseline) for every seed both ran."""
+def _pairs(runs: pd.DataFrame, method: str,
+           baselines: list[str]) -> Iterator[tuple[tuple, str, int, pd.Series, pd.Series]]:
+    """((dataset, protocol, backbone), baseline, seed, run of `method`, run of the baseline) for every seed both ran;
+    a run is its row (run_id, result_file)."""
     for cell_key, cell in runs.groupby(["dataset", "protocol", "backbone"], sort=True):
-        ours = cell[cell["method"] == method].set_index("seed")["run_id"]
+        ours = cell[cell["method"] == method].set_index("seed")
         for baseline in baselines:
-            theirs = cell[cell["method"] == baseline].set_index("seed")["run_id"]
+            theirs = cell[cell["method"] == baseline].set_index("seed")
             for seed in sorted(set(ours.index) & set(theirs.index)):
-                yield cell_key, baseline, seed, ours[seed], theirs[seed]
+                yield cell_key, baseline, seed, ours.loc[seed], theirs.loc[seed]
 
 
 def _per_seed_tests(cfg: dict[str, Any], runs: pd.DataFrame, method: str, baselines: list[str],
@@ -41,7 +43,7 @@ def _per_seed_tests(cfg: dict[str, Any], runs: pd.DataFrame, method: str, baseli
             return cache[run_id]
 
         for (dataset, protocol, backbone), baseline, seed, ours, theirs in _pairs(runs, method, baselines):
-            a, b = ranks(ours), ranks(theirs)
+            a, b = ranks(ours["run_id"]), ranks(theirs["run_id"])
             where = f"{dataset}/{backbone}/{{}}/seed{seed}"
             if a is None or b is None:
                 say(f"report: no ranks.npz artifact in the evaluate run of "
@@ -55,7 +57,8 @@ def _per_seed_tests(cfg: dict[str, Any], runs: pd.DataFrame, method: str, baseli
             rows.append({"dataset": dataset, "protocol": protocol, "backbone": backbone, "baseline": baseline,
                          "seed": str(seed), "delta_rsum": test["delta_rsum"], "ci_lo": test["ci"][0],
                          "ci_hi": test["ci"][1], "p_value": test["p_value"], "n_images": len(a.image_ids),
-                         "n_resamples": test["n_resamples"], "run_id": ours, "baseline_run_id": theirs})
+                         "n_resamples": test["n_resamples"], RESULT_FILE: ours[RESULT_FILE],
+                         f"baseline_{RESULT_FILE}": theirs[RESULT_FILE]})
     return rows
 
 
@@ -77,7 +80,8 @@ def _note(method: str, opts: dict[str, Any]) -> str:
             f"{method.upper()} wins at every seed; conservative, no CI). Runs in significance_provenance.csv.")
 
 
-def significance_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: bool, method: str = "grm") -> bool:
+def significance_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: bool, method: str = "grm",
+                       ties: str = "") -> bool:
     """Paired test "`method` > baseline" in rSum on the same test queries, per seed, for every other main-grid
     method, then over the seeds; False (and a note) when no pair of runs has ranks to compare."""
     baselines = sorted(set(runs["method"]) - {method})
@@ -94,7 +98,8 @@ def significance_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet
     data = pd.concat([per_seed, paired_tests_over_seeds(per_seed, CELL)], ignore_index=True)
     data["_order"] = [math.inf if s == "all" else int(s) for s in data["seed"]]  # seeds numerically, `all` last
     data = data.sort_values(CELL + ["_order"]).drop(columns="_order").reset_index(drop=True)
-    prov = per_seed[CELL + ["seed", "run_id", "baseline_run_id"]]
+    prov = per_seed[CELL + ["seed", RESULT_FILE, f"baseline_{RESULT_FILE}"]]
     write_table(out, "significance", f"Significance: {method.upper()} vs each baseline (paired, per seed)",
-                _note(method, opts), _shown(data, method, opts["confidence"]), data, prov)
+                _note(method, opts) + (f" {ties}" if ties else ""), _shown(data, method, opts["confidence"]), data,
+                prov)
     return True
