@@ -92,7 +92,7 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 def diagnostics_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
     """reports/tables/grm_diagnostics: rSum and each module diagnostic, mean ± std over seeds per backbone x
     variant."""
-    names = [c for c in runs.columns if c.startswith(DIAG) and runs[c].notna().any()]
+    names = sorted(c for c in runs.columns if c.startswith(DIAG) and runs[c].notna().any())  # MLflow: any order
     if not names:
         say("report: no GRM evaluation with module diagnostics; grm_diagnostics table skipped", quiet)
         return False
