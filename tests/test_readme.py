@@ -119,7 +119,7 @@ def test_readme_main_table_is_the_benchmarked_run():
     bench = (DOCS / "benchmarks.md").read_text()
     front = rows(README, "| Backbone | Method |")
     assert len(front) == 6
-    assert front == rows(bench[bench.index("### The default table"):], "| Dataset | Protocol |")
+    assert front == rows(bench[bench.index("### The default table"):], "| Dataset | Backbone |")
 
 
 def test_no_file_cites_a_spec_that_does_not_ship():
