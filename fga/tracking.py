@@ -109,9 +109,35 @@ def _store_lock(cfg: dict[str, Any]) -> Iterator[None]:
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            if uri.startswith("sqlite:///"):
+                _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Give a new sqlite store its schema under a temporary name, then move it into place (called under the
+    store lock). MLflow creates its tables and runs its migrations one statement after another: a job killed
+    in the middle (measured by benchmarks/bench_faults.py) left a database that every later job failed to open
+    ("table ... already exists")."""
+    if db.exists():
+        return
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH  # what MLflow itself would pass
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    _quiet_mlflow_logs()
+    for stale in db.parent.glob(f".{db.name}.*.partial"):  # of a creator killed before; we hold the lock
+        stale.unlink()
+    partial = db.with_name(f".{db.name}.{os.getpid()}.partial")
+    store = SqlAlchemyStore(f"sqlite:///{partial}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+    store.engine.dispose()
+    os.replace(partial, db)
+
+
+def _quiet_mlflow_logs() -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _client(cfg: dict[str, Any]):
@@ -119,8 +145,7 @@ def _client(cfg: dict[str, Any]):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from pipeline jobs
     for name, value in HTTP_RETRY_ENV.items():
         os.environ.setdefault(name, value)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _quiet_mlflow_logs()
     import mlflow
 
     mlflow.set_tracking_uri(cfg["tracking"]["uri"])

@@ -60,9 +60,10 @@ def record_in_dvc(run_params: Path, root: Path = Path(".")) -> str:
         return f"dvc: not recorded: {reason}"
     # --no-relink: the cache gets its own copy and the outputs stay as Snakemake wrote them, whatever cache.type
     # (a relink rewrites them in place under reflink,copy on ext4, or makes them read-only hardlinks or fresh
-    # symlinks: new mtimes or protected files, and Snakemake would rerun the grid; benchmarks/bench_dvc.py)
-    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--no-relink", "--quiet"], cwd=root,
-                         capture_output=True, text=True)
+    # symlinks: new mtimes or protected files, and Snakemake would rerun the grid; benchmarks/bench_dvc.py).
+    # dvc.yaml only: the default target vouches for its stages, not for a linked sweeps/dvc.yaml's (sweeps/stages.yaml)
+    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--no-relink", "--quiet", "dvc.yaml"],
+                         cwd=root, capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
         raise UserError(f"dvc commit failed in {root.resolve()}: {last[0]}; fix that and run `fga dvc-record`")

@@ -19,7 +19,7 @@ def evaluation_frame(rows: list[tuple[str, int, float]], dataset: str = "synthet
     for method, seed, base in rows:
         vals = recalls(base)
         row = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed, "protocol": "full",
-               "run_id": f"{method}-{seed}", "weights": "random", **vals,
+               "run_id": f"{method}-{seed}", "weights": "random", "tie_rule": "pessimistic", **vals,
                "result_file": f"results/{dataset}/{backbone}/{method}/seed{seed}/metrics.json"}
         if ci:
             row.update({f"{c}_ci_lo": v - 2 for c, v in vals.items()})

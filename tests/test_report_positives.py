@@ -1,11 +1,10 @@
 """positives.* and binding.* report tables from evaluate runs logged to MLflow, and the tie-rule note."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
+from fga.report.files import _row
 from fga.report.notes import tie_rules, ties_note
 from fga.report.positives import positives_table, scene_graph_runs, scene_graph_tables
 from fga.report.runs import evaluation_runs, in_grid
@@ -73,24 +72,26 @@ def test_tables_skipped_with_a_note_without_the_metrics(tmp_path, mlflow_store, 
 
 def test_tie_rule_note_reads_the_runs(tmp_path, mlflow_store):
     cfg = make_cfg(tmp_path, mlflow_store, methods=("grm",))
-    ids = [_log(cfg, "grm", seed, rule="argsort" if seed == 2 else "pessimistic") for seed in SEEDS]
-    assert tie_rules(cfg, ids[:2]) == ["pessimistic"]
-    assert tie_rules(cfg, ids) == ["argsort", "pessimistic"]
-    assert "mixed" in ties_note(tie_rules(cfg, ids))
+    for seed in SEEDS:
+        _log(cfg, "grm", seed, rule="argsort" if seed == 2 else "pessimistic")
+    main = _main(cfg)
+    assert tie_rules(main[main["seed"] < 2]) == ["pessimistic"]
+    assert tie_rules(main) == ["argsort", "pessimistic"]
+    assert "mixed" in ties_note(tie_rules(main))
     assert "numpy's default argsort" in ties_note(["argsort"])
-    runs = scene_graph_runs(cfg, _main(cfg))
+    runs = scene_graph_runs(cfg, main)
     out = tmp_path / "tables"
     out.mkdir()
-    assert positives_table(cfg, runs, out, quiet=True)
+    assert positives_table(runs, out, quiet=True)
     assert "**mixed**" in (out / "positives.md").read_text()
 
 
 def test_tie_rules_from_result_files(tmp_path):
-    runs = []
-    for seed, rule in enumerate(("argsort", None)):
-        d = tmp_path / f"seed{seed}"
-        d.mkdir()
-        (d / "metrics.json").write_text(json.dumps({} if rule is None else {"ties": rule}))
-        runs.append(str(d))
-    cfg = {"report": {"source": "files"}}
-    assert tie_rules(cfg, runs) == ["argsort", "pessimistic"]  # a file from before the option: pessimistic
+    """--from-files: metrics.json's `ties` is the rule, a file from before the option ranked pessimistically."""
+    result = {"protocol": "full", "protocols": {}, "split": "test", "weights_source": "packaged"}
+    rows = [_row(tmp_path / f"seed{seed}", "evaluate", ("d", "b", "grm", seed),
+                 result if rule is None else {**result, "ties": rule})
+            for seed, rule in enumerate(("argsort", None))]
+    runs = evaluation_runs({"report": {"source": "files"}}, pd.DataFrame(rows))
+    assert runs["tie_rule"].tolist() == ["argsort", "pessimistic"]
+    assert tie_rules(runs) == ["argsort", "pessimistic"]

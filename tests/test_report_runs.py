@@ -35,6 +35,15 @@ def test_evaluation_runs_read_the_runs_protocol_ci_and_qbnorm():
         evaluation_runs({}, pd.DataFrame())
 
 
+def test_evaluation_runs_read_the_tie_rule_from_the_params_columns():
+    """search_runs' `params.evaluate.tie_rule` (None for a run from before the option: it ranked pessimistically)."""
+    rows = [{**mlflow_row("grm", 0, {"full/rsum": 70.0}), "params.evaluate.tie_rule": "argsort"},
+            {**mlflow_row("grm", 1, {"full/rsum": 71.0}), "params.evaluate.tie_rule": None}]
+    assert evaluation_runs({}, pd.DataFrame(rows))["tie_rule"].tolist() == ["argsort", "pessimistic"]
+    no_params = evaluation_runs({}, pd.DataFrame([mlflow_row("grm", 0, {"full/rsum": 70.0})]))
+    assert no_params["tie_rule"].tolist() == ["pessimistic"]
+
+
 def test_runs_name_their_result_files_under_the_experiments_results_root():
     row = mlflow_row("grm", 1, {"full/rsum": 70.0, "full/clutter/all/rsum": 9.0})
     assert evaluation_runs({}, pd.DataFrame([row]))["result_file"].tolist() == ["results/d/b/grm/seed1/metrics.json"]

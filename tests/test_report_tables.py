@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fga.report.tables import display, latex, markdown, summarise, weights_legend, write_table
+from fga.report.tables import display, latex, markdown, mean_std_table, summarise, weights_legend, write_table
 from report_frames import evaluation_frame, recalls
 
 
@@ -30,6 +30,16 @@ def test_display_cells_and_ci_column():
     row = shown.iloc[0]
     assert row["Dataset"] == "synthetic (full)"
     assert row["rSum"] == "201.0 ± 8.5" and row["i2t R@1"] == "—" and row["rSum 90% CI"] == "[199.0, 203.0]"
+
+
+def test_mean_std_table_keys_seeds_then_one_cell_per_header():
+    summary = summarise(evaluation_frame([("grm", 0, 30.0), ("grm", 1, 32.0), ("vse", 0, 20.0)]),
+                        ["dataset", "method"], ["rsum", "i2t_R1"])
+    summary.loc[1, "i2t_R1_mean"] = np.nan
+    shown = mean_std_table(summary, ["dataset", "method"], {"rsum": "rSum", "i2t_R1": "R@1"}, {"i2t_R1": 3})
+    assert list(shown.columns) == ["Dataset", "Method", "Seeds", "rSum", "R@1"]
+    assert shown["rSum"].tolist() == ["201.0 ± 8.5", "135.0 ± 0.0"]
+    assert shown["R@1"].tolist() == ["31.000 ± 1.414", "—"]
 
 
 def test_markdown_and_latex():

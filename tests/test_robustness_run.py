@@ -119,6 +119,23 @@ def test_bins_cluttered_and_curve(with_distractors, monkeypatch):
     assert all(set(k) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/ ") for k in flat)
 
 
+def test_every_level_ranks_with_the_tie_rule_resolved_once(with_distractors, monkeypatch):
+    """evaluate.tie_rule is read once per robustness run and handed to every distractor level."""
+    import fga.evaluate.robustness_run as stage
+
+    root, cfg = with_distractors
+    monkeypatch.chdir(root)
+    resolved, ranked_with = [], []
+    monkeypatch.setattr(stage, "tie_rule_of", lambda ec, real=stage.tie_rule_of: resolved.append(1) or real(ec))
+    monkeypatch.setattr(stage, "query_ranks",
+                        lambda sim, cpi, ties, real=stage.query_ranks: ranked_with.append(ties) or real(sim, cpi, ties))
+    optimistic = {**cfg, "evaluate": {**cfg["evaluate"], "tie_rule": "optimistic"}}
+    res = robustness(optimistic, DS, BK, METHOD, SEED, run_path(root, "runs") / "checkpoint.safetensors", quiet=True)
+    assert res["ties"] == "optimistic" and [r["n_extra"] for r in res["distractors"]] == LEVELS
+    assert len(resolved) == 1
+    assert ranked_with == ["optimistic"] * len(LEVELS)  # the test set (level 0 too), then each re-rendered level
+
+
 def test_saved_matrix_is_reused(with_distractors, monkeypatch):
     root, cfg = with_distractors
     monkeypatch.chdir(root)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fga.models.registry import build_model
+from fga.models import scan
 from fga.models.scan import SCAN
 
 from model_inputs import D_IMG, VOCAB, encode, make_batch, one, overfit_recall_at_1
@@ -34,6 +35,9 @@ VARIANTS = [
     {"direction": "i2t"},
     {"direction": "i2t", "agg": "lse"},
     {"direction": "t2i", "attn_norm": "none"},
+    # beyond |lambda| ~16 the shifted exp would underflow in |a_q|^2: the kernel falls back to a softmax
+    {"direction": "t2i", "lambda_softmax": 40.0},
+    {"direction": "i2t", "lambda_softmax": 40.0, "attn_norm": "none"},
 ]
 
 
@@ -67,6 +71,28 @@ def test_padding_and_chunking_never_change_scores(direction):
         chunked = model.similarity(*encode(model, (regions, mask, tokens, lengths)))
     assert torch.allclose(base, padded, atol=1e-6)
     assert torch.allclose(base, chunked, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_cpu_blocks_are_scored_in_cache_sized_tiles(monkeypatch, direction):
+    """On a CPU one similarity call covers a whole block, but its score tensors stay tile-sized."""
+    model = build(direction=direction).eval()
+    with torch.no_grad():
+        img, _ = encode(model, make_batch(b=6, r=7, seed=1))
+        _, txt = encode(model, make_batch(b=9, l=6, seed=2))
+        whole = model.similarity(img, txt)
+        tiles = []
+        inner = model._block
+
+        def spy(v, vm, gv, w, wm, gw):
+            tiles.append(v.shape[0] * v.shape[1] * w.shape[0] * w.shape[1])
+            return inner(v, vm, gv, w, wm, gw)
+
+        monkeypatch.setattr(model, "_block", spy)
+        monkeypatch.setattr(scan, "_CPU_TILE_SCORES", 7 * 6 * 4)
+        tiled = model.similarity(img, txt)
+    assert len(tiles) > 1 and max(tiles) <= 7 * 6 * 4
+    assert torch.allclose(tiled, whole, atol=1e-6)
 
 
 def test_direction_and_norm_change_scores():

@@ -9,6 +9,7 @@ from fga.errors import UserError
 from fga.evaluate.similarity import (load_matrix, plan_blocks, reference_similarity_matrix, save_matrix,
                                      similarity_matrix)
 from fga.models.grm import GRM
+from fga.models.grm.similarity import _exclude_padding, token_similarity
 from fga.models.scan import SCAN
 from fga.models.vse_gpo import VSEInfinity
 
@@ -41,6 +42,28 @@ def _check(model, **blocks):
 def test_grm_matches_pair_reference(level, blocks):
     torch.manual_seed(0)
     _check(GRM(D_IMG, VOCAB, num_prompts=3, test_similarity=level, **TINY), **blocks)
+
+
+def test_grm_padding_exclusion_writes_only_padded_scores():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 4, 5, 6, generator=g)
+    x_mask, y_mask = torch.rand(3, 4, generator=g) > 0.4, torch.rand(5, 6, generator=g) > 0.4
+    keep = x_mask[:, :, None, None] & y_mask[None, None]
+    got = _exclude_padding(s.clone(), x_mask, y_mask)
+    assert torch.equal(got[keep], s[keep]) and bool((got[~keep] == float("-inf")).all())
+
+
+@pytest.mark.parametrize("combine", ["mean", "t2i", "i2t"])
+def test_grm_kernel_gives_the_same_bits_with_and_without_autograd(combine):
+    """Under autograd the max keeps its indices (cheap backward), else amax: the scores must not differ."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 6, 8, generator=g), torch.randn(5, 7, 8, generator=g)
+    x_mask, y_mask = torch.rand(4, 6, generator=g) > 0.3, torch.rand(5, 7, generator=g) > 0.3
+    x_mask[0] = False  # an image without a valid token scores -1 on the t2i side
+    with torch.no_grad():
+        plain = token_similarity(x, x_mask, y, y_mask, combine)
+    tracked = token_similarity(x.requires_grad_(), x_mask, y, y_mask, combine)
+    assert tracked.requires_grad and torch.equal(tracked.detach(), plain)
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])

@@ -40,3 +40,17 @@ def test_caption_at_a_time_scores_like_fga(direction, attn_norm):
     want = similarity_matrix(model, img, txt)
     assert got.shape == (6, 9)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_report_line_gives_the_authors_strategy_its_flop_share():
+    """The caption-at-a-time loop's FLOPs (scores + attended vectors, 4*d*R*L per pair) as a share of the matmul."""
+    bench = load_bench("bench_similarity")
+    assert bench.authors_flops_per_pair(49, 12, 256) == 4 * 256 * 49 * 12
+    res = {"r": 49, "l": 12.0, "l_max": 16, "block": (41, 128), "kernel_pairs_s": 8e4, "ref_pairs_s": 1e3,
+           "speedup": 80.0, "kernel_gflops": 30.0, "matmul_gflops": 50.0, "share": 0.6,
+           "authors_pairs_s": 2e4, "vs_authors": 4.0, "authors_max_diff": 1e-7, "authors_gflops": 14.0,
+           "authors_share": 0.28}
+    line, ok = bench.report_line("SCAN t2i", res)
+    assert "14.0 GFLOP/s, 28% of the matmul) -> 4.0x (target >= 10x: MISSED" in line and not ok
+    line, ok = bench.report_line("SCAN t2i", {**res, "vs_authors": 12.0})
+    assert ok

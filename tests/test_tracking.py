@@ -476,3 +476,32 @@ def test_importing_tracking_and_train_loads_no_mlflow_or_plotting():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+KILLED_IN_SCHEMA_SETUP = """
+import os, sys
+import mlflow.store.db.utils as db_utils
+from fga.tracking import log_run
+
+def killed(engine):  # a SIGKILL after MLflow created its initial tables, before its migrations ran
+    os._exit(9)
+
+db_utils._upgrade_db = killed
+cfg = {"tracking": {"uri": sys.argv[1], "artifact_root": sys.argv[2]}, "methods": {"grm": {}}}
+log_run(cfg, {"dataset": "synthetic", "backbone": "b", "method": "grm", "seed": 0, "stage": "evaluate"})
+"""
+
+
+def test_a_job_killed_while_mlflow_sets_up_the_sqlite_store_leaves_no_broken_store(tmp_path):
+    """Found by benchmarks/bench_faults.py: a kill inside MLflow's schema set-up left a half-made mlruns.db that every
+    later job failed to open ("table ... already exists"). The schema is now made under a temporary name."""
+    cfg = make_cfg(tmp_path)
+    db = tmp_path / "mlruns.db"
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_SCHEMA_SETUP, cfg["tracking"]["uri"],
+                             cfg["tracking"]["artifact_root"]], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    assert not db.exists() and list(tmp_path.glob(".mlruns.db.*.partial"))
+    run_id = log_run(cfg, key(), metrics={"full/rsum": 1.0})  # the next job: a complete store, the leftover gone
+    client, exp = client_for(cfg)
+    assert [r.info.run_id for r in active(client, exp, "tags.stage = 'evaluate'")] == [run_id]
+    assert not list(tmp_path.glob(".mlruns.db.*.partial"))

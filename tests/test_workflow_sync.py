@@ -29,8 +29,16 @@ DVC_ONLY_OUTPUTS = {"prepare_data": {"data/{dataset}/images"}}
 # holds dataset.json + instances.json + images/); that counts as the same outputs.
 NOT_FGA_RULES = {"all"}
 # DVC stage names must be unique, so the ablation variants' runs (Snakemake: the same train/evaluate rules)
-# are stages of their own over grid.ablation's matrix.
-STAGE_OF_RULE_ALIASES = {"train_ablation": "train", "evaluate_ablation": "evaluate"}
+# are stages of their own over grid.ablation's matrix, and the sweeps' (the grm_sweeps target) of
+# sweeps/stages.yaml's over sweeps.dvc_runs.
+STAGE_OF_RULE_ALIASES = {"train_ablation": "train", "evaluate_ablation": "evaluate", "train_sweep": "train",
+                         "evaluate_sweep": "evaluate"}
+# The grm_sweeps rule reruns `fga report` with no declared output (it rewrites the report's directories); DVC's
+# counterpart is the report stage, whose `results` dependency holds the sweep runs' outputs.
+RULE_OF_DVC_STAGE = {"grm_sweeps": "report"}
+# sweeps/stages.yaml: not a dvc.yaml, so DVC reads it only where a workspace links it as sweeps/dvc.yaml
+SWEEP_PIPELINE = Path("sweeps/stages.yaml")
+SWEEP_LINK = Path("sweeps/dvc.yaml")
 
 
 def canonical(cmd: str) -> tuple:
@@ -55,8 +63,8 @@ def canonical(cmd: str) -> tuple:
     return tuple(verb), tuple(sorted(opts.items()))
 
 
-def snakemake_jobs(project: Path) -> list[dict]:
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", "--forceall"], cwd=project,
+def snakemake_jobs(project: Path, *targets: str) -> list[dict]:
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", "--forceall", *targets], cwd=project,
                          capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr[-3000:]
     jobs, job = [], None
@@ -77,15 +85,22 @@ def dvc_stages(project: Path) -> list[dict]:
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
-        return [{"name": s.name.split("@")[0], "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs},
+        # outputs relative to the project root, also for a stage of sweeps/dvc.yaml (wdir: ..)
+        return [{"name": s.name.split("@")[0], "cmd": s.cmd, "file": os.path.relpath(s.path, repo.root_dir),
+                 "outputs": {os.path.relpath(o.fs_path, repo.root_dir) for o in s.outs},
                  "params": {k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params}}
                 for s in repo.index.stages]
 
 
-def declarations(tmp_path: Path) -> Path:
+def declarations(tmp_path: Path, sweeps: bool = False) -> Path:
+    """The Snakefile, dvc.yaml and params.yaml in tmp_path; sweeps=True: with sweeps/stages.yaml linked, on."""
     for name in ("Snakefile", "dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
+    if sweeps:
+        (tmp_path / SWEEP_PIPELINE).parent.mkdir()
+        shutil.copy(ROOT / SWEEP_PIPELINE, tmp_path / SWEEP_PIPELINE)
+        (tmp_path / SWEEP_LINK).symlink_to(SWEEP_PIPELINE.name)
     return tmp_path
 
 
@@ -99,11 +114,8 @@ def covered(sm_outputs: set[str], dvc_outputs: set[str]) -> tuple[set[str], set[
     return missing, extra
 
 
-def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
-    declarations(tmp_path)
-    jobs = snakemake_jobs(tmp_path)
-    stages = dvc_stages(tmp_path)
-    assert jobs and stages
+def disagreements(jobs: list[dict], stages: list[dict]) -> tuple[list[str], list[dict]]:
+    """(what differs between the Snakemake jobs and the DVC stages that run their commands, the stages no job runs)."""
     by_cmd = {}
     for s in stages:
         by_cmd.setdefault(canonical(s["cmd"]), []).append(s)
@@ -118,8 +130,10 @@ def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
             continue
         stage = found[0]
         matched.add(id(stage))
-        if STAGE_OF_RULE_ALIASES.get(stage["name"], stage["name"]) != job["rule"]:
+        if STAGE_OF_RULE_ALIASES.get(stage["name"], stage["name"]) != RULE_OF_DVC_STAGE.get(job["rule"], job["rule"]):
             problems.append(f"{job['rule']}: the dvc.yaml stage with the same command is named {stage['name']!r}")
+        if job["rule"] in RULE_OF_DVC_STAGE:
+            continue
         missing, extra = covered(job["outputs"], stage["outputs"])
         allowed = {p.format(**dict(opt for opt in ((k.lstrip("-"), v) for k, v in key[1]))) for p in
                    DVC_ONLY_OUTPUTS.get(job["rule"], set())}
@@ -127,20 +141,56 @@ def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
             problems.append(f"{job['rule']}: Snakemake outputs not in dvc.yaml: {sorted(missing)}")
         if extra - allowed:
             problems.append(f"{job['rule']}: dvc.yaml outputs the rule does not declare: {sorted(extra - allowed)}")
-    unmatched = [s["name"] + ": " + s["cmd"] for s in stages if id(s) not in matched]
+    return problems, [s for s in stages if id(s) not in matched]
+
+
+def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
+    declarations(tmp_path)
+    jobs = snakemake_jobs(tmp_path)
+    stages = dvc_stages(tmp_path)
+    assert jobs and stages
+    problems, not_run = disagreements(jobs, stages)
+    unmatched = [s["name"] + ": " + s["cmd"] for s in not_run]
     if unmatched:
         problems.append(f"dvc.yaml stages no Snakemake job runs: {unmatched}")
     assert not problems, "Snakefile and dvc.yaml disagree:\n  " + "\n  ".join(problems)
 
 
+def test_every_grm_sweeps_job_has_its_dvc_stage(tmp_path):
+    """`snakemake grm_sweeps` and the linked sweeps/dvc.yaml (with dvc.yaml's stages for the runs they share)
+    make the same runs with the same commands and outputs; every sweep stage is one of its jobs."""
+    declarations(tmp_path, sweeps=True)
+    jobs = snakemake_jobs(tmp_path, "grm_sweeps")
+    stages = dvc_stages(tmp_path)
+    sweep_stages = [s for s in stages if s["file"] == str(SWEEP_LINK)]
+    assert {j["rule"] for j in jobs} >= {"train", "evaluate", "grm_sweeps"} and sweep_stages
+    problems, not_run = disagreements(jobs, stages)
+    problems += [f"{s['file']}: stage {s['name']} is no grm_sweeps job: {s['cmd']}" for s in not_run
+                 if s["file"] == str(SWEEP_LINK)]
+    assert not problems, "Snakefile and sweeps/stages.yaml disagree:\n  " + "\n  ".join(problems)
+
+
+def test_the_sweep_stages_declare_what_dvc_yamls_train_and_evaluate_do():
+    """train_sweep / evaluate_sweep are train_ablation / evaluate_ablation over another matrix: the same command,
+    deps, params and outputs, item.run.<key> for item.<key>; only the matrix and wdir (the project root) differ."""
+    ours = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    sweeps = yaml.safe_load((ROOT / SWEEP_PIPELINE).read_text())["stages"]
+    assert set(sweeps) == {"train_sweep", "evaluate_sweep"}
+    for name, stage in sweeps.items():
+        assert stage.pop("wdir") == ".." and stage.pop("matrix") == {
+            "dataset": "${grid.datasets}", "run": "${sweeps.dvc_runs}", "seed": "${sweeps.seeds}"}
+        twin = {k: v for k, v in ours[name.replace("_sweep", "_ablation")].items() if k != "matrix"}
+        assert yaml.safe_load(yaml.safe_dump(stage).replace("${item.run.", "${item.")) == twin, name
+
+
 def test_a_variants_training_stage_depends_on_the_method_it_inherits(tmp_path):
     """A variant (`grm_no_sa: {arch: grm, ...}`) is resolved over methods.grm when fga loads the params, so its
     DVC stage must list methods.grm (or all of `methods`) among its params, or a change there leaves it current."""
-    stages = dvc_stages(declarations(tmp_path))
+    stages = dvc_stages(declarations(tmp_path, sweeps=True))
     methods = yaml.safe_load((tmp_path / "params.yaml").read_text())["methods"]
     checked = 0
     for stage in stages:
-        if stage["name"] not in ("train", "train_ablation"):
+        if stage["name"] not in ("train", "train_ablation", "train_sweep"):
             continue
         method = canonical_options(stage["cmd"])["--method"]
         base = methods[method].get("arch")

@@ -186,14 +186,15 @@ def clutter_breakdown(rc: dict[str, Any], dataset: str, split: str, data: SplitI
 
 
 def distractor_levels(cfg: dict[str, Any], rc: dict[str, Any], run: LoadedRun, backbone: str, txt: Any,
-                      overall: dict[str, Any], quiet: bool, bs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The distractor curve of the synthetic test split: level 0 (the test set itself), then each level n."""
+                      overall: dict[str, Any], quiet: bool, bs: dict[str, Any], ties: str) -> list[dict[str, Any]]:
+    """The distractor curve of the synthetic test split: level 0 (the test set itself), then each level n, ranked
+    with tie rule `ties`."""
     # level 0 is the test set itself: the same ranks as `overall`, so the same block
     curve = [{"n_extra": 0, "n_images": run.data.n_images, **overall}]
     for n in sorted(rc["distractors"]):
         curve.append({"n_extra": int(n), **distractor_metrics(cfg, run.model, run.state, backbone, n,
                                                                run.data.image_ids, txt, run.cpi, run.device, quiet,
-                                                               bs)})
+                                                               ties, bs)})
     return curve
 
 
@@ -212,7 +213,7 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
     overall = recall_block(*ranks, cpi, bs)
     curve = []
     if dataset == SOURCE and split == "test":
-        curve = distractor_levels(cfg, rc, run, backbone, txt, overall, quiet, bs)
+        curve = distractor_levels(cfg, rc, run, backbone, txt, overall, quiet, bs, ties)
     return {
         "protocol": "coco5k" if dataset.startswith("coco") and n_img == 5000 else "full",
         "split": split,
@@ -233,9 +234,10 @@ def robustness(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
 
 
 def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbone: str, n: int,
-                       image_ids: list[int], txt, cpi: int, device: torch.device, quiet: bool,
+                       image_ids: list[int], txt, cpi: int, device: torch.device, quiet: bool, ties: str,
                        bootstrap: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Full-gallery recall (+ bootstrap `ci`) of the test captions against the level-n re-rendered test images."""
+    """Full-gallery recall (+ bootstrap `ci`) of the test captions against the level-n re-rendered test images,
+    ranked with tie rule `ties` (the evaluate stage's, resolved once by :func:`robustness`)."""
     name = distractor_name(n)
     if is_finetune(cfg):
         data_dir = Path("data") / name
@@ -253,7 +255,7 @@ def distractor_metrics(cfg: dict[str, Any], model, state: dict[str, Any], backbo
                         f"`fga robustness distractors --n {n} --backbone {backbone}`")
     img = encode_images(model, regions, mask, device)
     sim, _ = timed_matrix(model, img, txt, eval_settings(cfg), quiet, f"distractors {n}")
-    return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi, tie_rule_of(eval_settings(cfg))), cpi, bootstrap)}
+    return {"n_images": len(ids), **recall_block(*query_ranks(sim, cpi, ties), cpi, bootstrap)}
 
 
 def mlflow_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -12,10 +12,17 @@ queries q (words for t2i, regions for i2t) attending over the other modality's i
 Published defaults: t2i uses lambda_softmax 9 with LSE (lambda_lse 6); i2t uses lambda_softmax 4
 with AVG. Batched without materialising attended vectors: q . a_q = sum_c alpha_qc s_qc and
 |a_q|^2 = alpha_q^T G alpha_q with G the Gram matrix of the context items, so every block holds
-[n_context_items, C, n_query_items, Q] tensors only (the score GEMM's own layout), and blocks are
-capped at `sim_chunk_elems` entries.
+[n_context_items, C, n_query_items, Q] tensors only (the score GEMM's own layout). The logits are
+bounded by lambda_softmax (unit vectors), so for |lambda_softmax| up to ~16 the softmax is one in-place
+exp of the logits shifted by that bound, and its normaliser divides the two small [.., Q] sums
+(q . a_q and |a_q|^2) instead of the weights. Padded tokens are zeroed once (their scores are 0) and
+padded contexts get a -inf-like bias on the small [Bc, C] side, so no mask pass touches the score
+tensor. Blocks are capped at `sim_chunk_elems` scores, and on a CPU also at cache-sized tiles of
+`_CPU_TILE_SCORES`.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,11 @@ from fga.models.base import Encoded, RetrievalModel
 from fga.models.text_encoder import BiGRUTextEncoder, length_mask
 
 _EPS = 1e-8
+# On a CPU a block is scored in tiles of at most this many scores (~4 MB per float32 temporary): the
+# ~10 elementwise passes over each tile then run in the caches (measured ~20 % faster per score at
+# 1 thread than untiled 4M-score blocks), while the tile's score GEMM stays a few hundred wide each way.
+_CPU_TILE_SCORES = 2 ** 20
+_EXP_HEADROOM = 20.0  # nats kept between the smallest product of two attention weights and underflow
 
 
 def _neg_fill(x: torch.Tensor) -> float:
@@ -64,28 +76,36 @@ class SCAN(RetrievalModel):
         return {"words": words, "w_mask": length_mask(lengths.clamp(min=1).to(words.device), tokens.shape[1])}
 
     # ------------------------------------------------------------------------------------- similarity
-    def _attend(self, s: torch.Tensor, q_mask: torch.Tensor, c_mask: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    def _attend(self, s: torch.Tensor, c_mask: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
         """Relevance R_q of every query for a block laid out [Bc, C, Bq, Q] -> [Bc, Bq, Q].
 
-        Bc items own the C contexts (gram [Bc, C, C] is their Gram matrix), Bq items own the Q queries;
-        q_mask [Bq, Q], c_mask [Bc, C]. This layout is the score GEMM's own output, so nothing is
-        permuted, and |a_q|^2 = alpha_q^T G alpha_q is one batched matmul over the context owners.
+        Bc items own the C contexts (gram [Bc, C, C] is their Gram matrix), Bq items own the Q queries
+        (padded queries are zero vectors, so their scores are 0); c_mask [Bc, C]. This layout is the score
+        GEMM's own output, so nothing is permuted, and |a_q|^2 = alpha_q^T G alpha_q is one batched
+        matmul over the context owners.
         """
         bc, c, bq, q = s.shape
-        # torch.where, not masked_fill: one pass over the block instead of a copy plus a fill
+        lam = self.lambda_softmax
+        # |logit| <= |lambda| (|s| <= 1, and the clipped l2norm keeps |s_bar| <= 1), so exp(logit - |lambda|)
+        # needs no per-row max: a row's largest weight is >= exp(-2|lambda|), and |a_q|^2 sums products of two
+        # weights, so exp(-4|lambda|) must stay a normal float with room to spare (|lambda| <= ~16 in float32)
+        shift = abs(lam) if 4 * abs(lam) + _EXP_HEADROOM < -math.log(torch.finfo(s.dtype).tiny) else 0.0
+        bias = torch.full(c_mask.shape, -shift, dtype=s.dtype, device=s.device)
+        bias = bias.masked_fill_(~c_mask, _neg_fill(s))[:, :, None, None]  # padded contexts get weight 0
         if self.attn_norm == "clipped_l2norm":
-            a = torch.where(q_mask[None, None], F.leaky_relu(s, 0.1), 0.0)
-            # clamp inside the sqrt: an all-zero row (a padded context) would give 0 * inf = NaN grads;
-            # lambda_softmax rides on the [Bc, C, 1, 1] normaliser instead of a pass over the block
-            scale = self.lambda_softmax / (a.pow(2).sum(dim=3, keepdim=True).clamp(min=_EPS ** 3).sqrt() + _EPS)
-            logits = a * scale
+            a = F.leaky_relu(s, 0.1)
+            # [Bc, C, Bq, 1] normaliser over the queries; clamp inside the sqrt: an all-zero row (a padded
+            # context) would give 0 * inf = NaN grads. lambda rides on it instead of a pass over the block
+            scale = lam / (a.pow(2).sum(dim=3, keepdim=True).clamp(min=_EPS ** 3).sqrt() + _EPS)
+            logits = torch.addcmul(bias, a, scale)
         else:
-            logits = self.lambda_softmax * s
-        logits = torch.where(c_mask[:, :, None, None], logits, _neg_fill(logits))
-        alpha = torch.softmax(logits, dim=1)  # over the contexts; zero at padded ones
-        dot = (alpha * s).sum(dim=1)  # q . a_q (queries are unit vectors)
-        g_alpha = torch.bmm(gram, alpha.reshape(bc, c, bq * q)).view(bc, c, bq, q)
-        sq_norm = (alpha * g_alpha).sum(dim=1)
+            logits = torch.add(bias, s, alpha=lam)
+        # unnormalised softmax weights over the contexts (in place: addcmul/add do not keep their output)
+        e = logits.exp_() if shift else torch.softmax(logits, dim=1)
+        z = e.sum(dim=1).clamp(min=torch.finfo(e.dtype).tiny)  # the softmax normaliser, [Bc, Bq, Q]
+        dot = (e * s).sum(dim=1) / z  # q . a_q (queries are unit vectors)
+        g_e = torch.bmm(gram, e.view(bc, c, bq * q)).view(bc, c, bq, q)
+        sq_norm = (e * g_e).sum(dim=1) / z / z  # two divisions: z * z may underflow
         return dot / sq_norm.clamp(min=_EPS ** 2).sqrt().clamp(min=_EPS)
 
     def _aggregate(self, rel: torch.Tensor, q_valid: torch.Tensor) -> torch.Tensor:
@@ -105,20 +125,23 @@ class SCAN(RetrievalModel):
         bc, c, d = ctx.shape
         bq, q, _ = qry.shape
         s = (ctx.reshape(bc * c, d) @ qry.reshape(bq * q, d).T).view(bc, c, bq, q)
-        rel = self._attend(s, q_mask, c_mask, gram)
+        rel = self._attend(s, c_mask, gram)
         scores = self._aggregate(rel, q_mask[None])  # [Bc, Bq]
         return scores if self.direction == "t2i" else scores.T
 
     def similarity(self, img: Encoded, txt: Encoded) -> torch.Tensor:
-        v, vm = img["regions"], img["mask"]
-        w, wm = txt["words"], txt["w_mask"]
+        vm, wm = img["mask"], txt["w_mask"]
+        # padded tokens as zero vectors: their scores are exactly 0, masked once here on the small tensors
+        v = img["regions"] * vm[..., None].to(img["regions"].dtype)
+        w = txt["words"] * wm[..., None].to(txt["words"].dtype)
         gv = v @ v.transpose(1, 2) if self.direction == "t2i" else None
         gw = w @ w.transpose(1, 2) if self.direction == "i2t" else None
         ni, r = v.shape[:2]
         nt, l = w.shape[:2]
         per_pair = max(1, r * l)
-        ci = min(ni, max(1, self.sim_chunk_elems // per_pair))
-        ct = min(nt, max(1, self.sim_chunk_elems // (ci * per_pair)))
+        chunk = self.sim_chunk_elems if v.device.type != "cpu" else min(self.sim_chunk_elems, _CPU_TILE_SCORES)
+        ci = min(ni, max(1, chunk // per_pair))
+        ct = min(nt, max(1, chunk // (ci * per_pair)))
         rows = []
         for i0 in range(0, ni, ci):
             si = slice(i0, i0 + ci)

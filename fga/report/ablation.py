@@ -10,12 +10,12 @@ import pandas as pd
 from fga.models.registry import arch_name, declared_arch
 from fga.report.notes import say
 from fga.report.runs import COLUMNS, KEYS, PROVENANCE
-from fga.report.tables import DASH, HEADERS, pm, write_table
+from fga.report.tables import DASH, HEADERS, mean_std_table, write_table
 
 # the module an ablation switch removes (docs/grm.md §6, Table 2)
 SWITCH_NAMES = {"use_saliency": "SA/GA", "use_visual_adapter": "SA", "use_text_adapter": "GA", "use_region_prompt": "RP",
                 "use_uncertainty": "UM", "use_reg": "L_reg"}
-LABELS = ["dataset", "protocol", "backbone", "model", "method", "seeds"]
+LABELS = ["dataset", "protocol", "backbone", "model", "method"]
 
 
 def variants(cfg: dict[str, Any]) -> dict[str, str]:
@@ -67,12 +67,9 @@ def ablation_table(cfg: dict[str, Any], runs: pd.DataFrame, summary: pd.DataFram
         say("report: ablation variants have no runs on the same backbone as their full model; table skipped", quiet)
         return False
     data = pd.DataFrame(rows)
-    shown = data[LABELS].copy()
-    for c in COLUMNS:
-        shown[HEADERS[c]] = [pm(m, s) for m, s in zip(data[f"{c}_mean"], data[f"{c}_std"])]
+    shown = mean_std_table(data, LABELS, {c: HEADERS[c] for c in COLUMNS})
     shown["ΔrSum"] = [DASH if pd.isna(d) else ("0.0" if m.endswith("(full)") else f"{d:+.1f}")
                       for d, m in zip(data["delta_rsum"], data["model"])]
-    shown = shown.rename(columns={k: k.capitalize() for k in LABELS})
     prov = runs[runs["method"].isin(set(data["method"]))][KEYS + PROVENANCE + COLUMNS]
     note = ("Module ablation (cf. GRM Table 2): the full model and each variant with one module switched off "
             "(`methods.<variant>: {arch: ..., use_<module>: false}`), mean ± std over seeds; ΔrSum = variant − full, "

@@ -65,7 +65,7 @@ def read_runs(cfg: dict[str, Any]) -> Runs:
 
 def write_tables(cfg: dict[str, Any], runs: Runs, out: Path, quiet: bool) -> tuple[pd.DataFrame, bool, bool]:
     """Every table into `out`; (the main table's summary, whether the clutter and the distractor tables exist)."""
-    ties = ties_note(tie_rules(cfg, list(runs.main["run_id"])))  # robustness ranks with the evaluate stage's rule
+    ties = ties_note(tie_rules(runs.main))  # robustness ranks with the evaluate stage's rule
     summary = main_table(runs.main, out, runs.missing, bootstrap_options(cfg)["confidence"], ties)
     ablation_table(cfg, runs.every, summarise(runs.every), out, quiet)
     qbnorm_table(runs.main, out, quiet, ties)

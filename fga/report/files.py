@@ -43,15 +43,19 @@ def _flattener(stage: str) -> Callable[[dict[str, Any]], dict[str, float]]:
 
 
 def _row(run_dir: Path, stage: str, cell: tuple[str, str, str, int], result: dict[str, Any]) -> dict[str, Any]:
-    """The runs-frame row of one result file: run_id, the stage's metrics and tags (as strings, like MLflow's)."""
+    """The runs-frame row of one result file: run_id, the stage's metrics and tags (as strings, like MLflow's), and
+    the evaluate stage's tie rule param."""
     dataset, backbone, method, seed = cell
     metrics = _flattener(stage)(result)
     tags = {"dataset": dataset, "backbone": backbone, "method": method, "seed": str(seed), "stage": stage,
             "protocol": result["protocol"], "split": result["split"], "weights_source": result["weights_source"]}
+    params = {}
     if stage == "evaluate":
         tags["protocols"] = ",".join(result["protocols"])
+        if "ties" in result:  # as the stage logs `evaluate.tie_rule` (fga.report.runs.TIE_RULE_PARAM)
+            params["evaluate.tie_rule"] = result["ties"]
     return {"run_id": str(run_dir), **{f"metrics.{k}": v for k, v in sorted(metrics.items())},
-            **{f"tags.{k}": v for k, v in tags.items()}}
+            **{f"tags.{k}": v for k, v in tags.items()}, **{f"params.{k}": v for k, v in params.items()}}
 
 
 def file_runs_frame(cfg: dict[str, Any], stage: str) -> pd.DataFrame:

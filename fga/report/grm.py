@@ -18,7 +18,7 @@ from fga.io import read_json
 from fga.models.registry import arch_name, method_section
 from fga.report.notes import say
 from fga.report.runs import KEYS, PROVENANCE, evaluation_runs, reads_files
-from fga.report.tables import DASH, pm, write_table
+from fga.report.tables import DASH, mean_std_table, write_table
 
 CELL = ["dataset", "protocol", "backbone"]
 # sweeps key -> (table name, title)
@@ -85,10 +85,6 @@ def grm_runs(cfg: dict[str, Any]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------- tables
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def diagnostics_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
     """reports/tables/grm_diagnostics: rSum and each module diagnostic, mean ± std over seeds per backbone x
     variant."""
@@ -98,13 +94,9 @@ def diagnostics_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
         return False
     data = runs.dropna(subset=names, how="all")
     summary = over_seeds(data, KEYS, ["rsum"] + names).reset_index()
-    shown = summary[KEYS + ["seeds"]].rename(columns={k: k.capitalize() for k in KEYS + ["seeds"]})
-    shown["rSum"] = [pm(m, s) for m, s in zip(summary["rsum_mean"], summary["rsum_std"])]
-    for name, header in DIAGNOSTICS.items():
-        col = DIAG + name
-        if col in names:
-            digits = 1 if "_R1_" in name else 3
-            shown[header] = [_fmt(m, s, digits) for m, s in zip(summary[f"{col}_mean"], summary[f"{col}_std"])]
+    headers = {"rsum": "rSum", **{DIAG + n: header for n, header in DIAGNOSTICS.items() if DIAG + n in names}}
+    digits = {DIAG + n: 1 if "_R1_" in n else 3 for n in DIAGNOSTICS}  # R@1s are in %
+    shown = mean_std_table(summary, KEYS, headers, digits)
     note = (f"What GRM's modules do on the first {DIAGNOSTIC_IMAGES} test images (fga.models.grm.diagnostics), "
             "mean ± std over seeds: H_att = attention entropy of a prompt over the patches / log L (1 = uniform); H_use = entropy "
             "of prompt usage / log K; cos(μk,μk') = mean cosine between an image's region means (1 = K copies); "
@@ -171,8 +163,7 @@ def sweep_table(cfg: dict[str, Any], runs: pd.DataFrame, key: str, out: Path, qu
     tests = _paired(cfg, ran, variants, quiet)
     summary = summary.merge(tests, on=CELL + ["method"], how="left")
     summary["variant"] = [variant_label(cfg, m, b) for m, b in zip(summary["method"], summary["backbone"])]
-    shown = summary[CELL + ["variant", "method", "seeds"]].rename(columns=str.capitalize)
-    shown["rSum"] = [pm(m, s) for m, s in zip(summary["rsum_mean"], summary["rsum_std"])]
+    shown = mean_std_table(summary, CELL + ["variant", "method"], {"rsum": "rSum"})
     shown["ΔrSum vs full"] = [DASH if pd.isna(d) else ("0.0" if m == FULL else f"{d:+.1f}")
                               for d, m in zip(summary["delta_rsum"], summary["method"])]
     shown["p (full > variant)"] = [DASH if pd.isna(p) else f"{p:.3g}" for p in summary["p_value"]]

@@ -1,27 +1,17 @@
 """The report's printed notes: what it skipped (a table without runs, an artifact it could not read) and why."""
 from __future__ import annotations
 
+import pandas as pd
+
 
 def say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg)
 
 
-def tie_rules(cfg: dict, run_ids: list[str]) -> list[str]:
-    """The tie rules (`evaluate.tie_rule`) evaluate runs ranked with: metrics.json's `ties` (report.source: files,
-    a run id is its results directory) or the run's `evaluate.tie_rule` param; runs from before the option: pessimistic."""
-    import json
-    from pathlib import Path
-
-    from fga.evaluate.recall import DEFAULT_TIE_RULE
-    from fga.report.runs import reads_files
-
-    if reads_files(cfg):
-        return sorted({json.loads((Path(r) / "metrics.json").read_text()).get("ties", DEFAULT_TIE_RULE) for r in run_ids})
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=cfg["tracking"]["uri"])
-    return sorted({client.get_run(r).data.params.get("evaluate.tie_rule", DEFAULT_TIE_RULE) for r in set(run_ids)})
+def tie_rules(runs: pd.DataFrame) -> list[str]:
+    """The tie rules (`evaluate.tie_rule`) the evaluate runs (fga.report.runs.evaluation_runs rows) ranked with."""
+    return sorted(set(runs["tie_rule"]))
 
 
 def ties_note(rules: list[str]) -> str:

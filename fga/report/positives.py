@@ -18,7 +18,7 @@ import pandas as pd
 from fga.data.synthetic import PROBE_KINDS
 from fga.report.notes import say, tie_rules, ties_note
 from fga.report.runs import PROVENANCE, reads_files
-from fga.report.tables import pm, summarise, write_table
+from fga.report.tables import mean_std_table, summarise, write_table
 
 KEYS = ["dataset", "backbone", "method"]
 POSITIVE_HEADERS = {**{f"{d}_{k}": f"{d} {k.replace('R', 'R@') if k != 'mAPR' else 'mAP@R'}"
@@ -53,11 +53,11 @@ def scene_graph_runs(cfg: dict[str, Any], main: pd.DataFrame) -> pd.DataFrame:
     picked = pd.DataFrame({"run_id": raw["run_id"]}) if not raw.empty else pd.DataFrame(columns=["run_id"])
     for key, name in metrics.items():
         picked[name] = raw[f"metrics.{key}"].astype(float) if f"metrics.{key}" in raw else math.nan
-    frame = main[KEYS + ["run_id", *PROVENANCE, "rsum"]].rename(columns={"rsum": "standard_rsum"})
+    frame = main[KEYS + ["run_id", *PROVENANCE, "tie_rule", "rsum"]].rename(columns={"rsum": "standard_rsum"})
     return frame.merge(picked, on="run_id", how="left")
 
 
-def positives_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
+def positives_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
     """positives.*: mean ± std over seeds of recall (any true item) and mAP@R; False when no run has them."""
     have = runs[runs["rsum"].notna()] if "rsum" in runs else runs.iloc[0:0]
     if have.empty:
@@ -66,20 +66,18 @@ def positives_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: b
         return False
     columns = list(POSITIVE_HEADERS)
     summary = summarise(have, KEYS, columns)
-    shown = summary[KEYS + ["seeds"]].rename(columns={k: k.capitalize() for k in KEYS + ["seeds"]})
-    for c in columns:
-        shown[POSITIVE_HEADERS[c]] = [pm(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
+    shown = mean_std_table(summary, KEYS, POSITIVE_HEADERS)
     note = ("Every test caption judged against every test image's scene graph: a caption's positives are all the "
             "test images it is true of (its own included), an image's all the captions true of it. Recall@K counts a "
             "query as found when ANY positive is in the top K; mAP@R (ECCV Caption) averages precision over the top R "
             "ranks, R = the query's number of positives. rSum (own GT) is the standard protocol of the same runs. "
-            f"Mean ± sample std over seeds, in %. {ties_note(tie_rules(cfg, list(have['run_id'])))}")
+            f"Mean ± sample std over seeds, in %. {ties_note(tie_rules(have))}")
     write_table(out, "positives", "Retrieval against exhaustive positives (test split)", note, shown, summary,
                 have[KEYS + PROVENANCE + columns])
     return True
 
 
-def binding_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
+def binding_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
     """binding.*: per probe kind, the share of triples the true caption wins (ties half) and the share tied."""
     have = runs[runs["all_accuracy"].notna()] if "all_accuracy" in runs else runs.iloc[0:0]
     if have.empty:
@@ -87,10 +85,9 @@ def binding_table(cfg: dict[str, Any], runs: pd.DataFrame, out: Path, quiet: boo
         return False
     columns = [c for c in BINDING_HEADERS if c != "all_n"]
     summary = summarise(have, KEYS, columns + ["all_n"])
-    shown = summary[KEYS + ["seeds"]].rename(columns={k: k.capitalize() for k in KEYS + ["seeds"]})
-    shown[BINDING_HEADERS["all_n"]] = summary["all_n_mean"].round().astype(int)
-    for c in columns:
-        shown[BINDING_HEADERS[c]] = [pm(m, s) for m, s in zip(summary[f"{c}_mean"], summary[f"{c}_std"])]
+    shown = mean_std_table(summary, KEYS, {c: BINDING_HEADERS[c] for c in columns})
+    # the number of triples after the seeds: a count per cell, not a spread
+    shown.insert(len(KEYS) + 1, BINDING_HEADERS["all_n"], summary["all_n_mean"].round().astype(int))
     note = ("Near-miss probes: for each test image and true caption, a caption with the same words that is false of "
             "the image: `attribute` swaps the colours of two described objects, `relation` swaps a relation's two "
             "sides. acc. = % of (image, true caption, near miss) triples where the true caption scores higher, a tie "
@@ -106,5 +103,5 @@ def scene_graph_tables(cfg: dict[str, Any], main: pd.DataFrame, out: Path, quiet
     if main.empty:
         return
     runs = scene_graph_runs(cfg, main)
-    positives_table(cfg, runs, out, quiet)
-    binding_table(cfg, runs, out, quiet)
+    positives_table(runs, out, quiet)
+    binding_table(runs, out, quiet)

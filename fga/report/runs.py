@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from fga.errors import UserError
+from fga.evaluate.recall import DEFAULT_TIE_RULE
 from fga.grid import grid_cells
 from fga.report.files import result_file
 
@@ -23,6 +24,9 @@ KEYS = ["dataset", "protocol", "backbone", "method"]
 RUN_KEYS = ["dataset", "backbone", "method"]
 RESULT_FILE = "result_file"
 PROVENANCE = ["seed", RESULT_FILE]  # after a table's keys: how its provenance CSV names each run
+# the evaluate stage's `evaluate.tie_rule` as the runs frame holds it (search_runs' params columns; from files,
+# metrics.json's `ties`: fga.report.files)
+TIE_RULE_PARAM = "params.evaluate.tie_rule"
 # region-word maps of an evaluate run (attention.json; region_attention_<i>.json of older runs)
 ATTENTION_RE = re.compile(r"(^|/)(region_)?attention[^/]*\.json$")
 
@@ -43,9 +47,16 @@ def _metric(r: pd.Series, name: str) -> float:
     return float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else math.nan
 
 
+def _tie_rule(r: pd.Series) -> str:
+    """The tie rule the run ranked with; a run from before the option ranked pessimistically."""
+    rule = r.get(TIE_RULE_PARAM)
+    return rule if isinstance(rule, str) and rule else DEFAULT_TIE_RULE
+
+
 def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per evaluate run: key tags, weights source, run id, result file, the protocol's metrics, and, where the
-    evaluate stage computed them, bootstrap CI bounds (``<name>_ci_lo/_hi``) and QB-Norm recalls (``qb_<name>``)."""
+    """One row per evaluate run: key tags, weights source, run id, result file, tie rule (``tie_rule``), the
+    protocol's metrics, and, where the evaluate stage computed them, bootstrap CI bounds (``<name>_ci_lo/_hi``) and
+    QB-Norm recalls (``qb_<name>``)."""
     from fga.tracking import runs_frame
 
     if runs is None:
@@ -58,6 +69,7 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
         row = {k: r[f"tags.{k}"] for k in ("dataset", "backbone", "method", "seed")}
         row.update(protocol=protocol, run_id=r["run_id"], weights=r.get("tags.weights_source", "") or "")
         row[RESULT_FILE] = result_file(cfg, "evaluate", row["dataset"], row["backbone"], row["method"], row["seed"])
+        row["tie_rule"] = _tie_rule(r)
         row.update({c: _metric(r, f"{protocol}/{c}") for c in COLUMNS})
         row.update({f"{c}_ci_{b}": _metric(r, f"{protocol}/ci/{c}_{b}") for c in COLUMNS for b in ("lo", "hi")})
         row.update({f"qb_{c}": _metric(r, f"qbnorm/{protocol}/{c}") for c in COLUMNS})

@@ -27,9 +27,21 @@ def summarise(runs: pd.DataFrame, keys: list[str] = KEYS, columns: list[str] = C
     return out.reset_index()
 
 
-def pm(mean: float, std: float) -> str:
-    """A "mean ± std" cell (a dash without a mean)."""
-    return DASH if pd.isna(mean) else f"{mean:.1f} ± {std:.1f}"
+def pm(mean: float, std: float, digits: int = 1) -> str:
+    """A "mean ± std" cell with `digits` decimals (a dash without a mean)."""
+    return DASH if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def mean_std_table(summary: pd.DataFrame, keys: list[str], headers: dict[str, str],
+                   digits: dict[str, int] | None = None) -> pd.DataFrame:
+    """The shown table of a seed summary (:func:`summarise`, fga.evaluate.stats.over_seeds): its keys and seeds,
+    capitalised, then a "mean ± std" cell per summarised column of `headers` (column -> header), with 1 decimal
+    unless `digits` gives the column another."""
+    shown = summary[keys + ["seeds"]].rename(columns={k: k.capitalize() for k in keys + ["seeds"]})
+    for column, header in headers.items():
+        places = (digits or {}).get(column, 1)
+        shown[header] = [pm(m, s, places) for m, s in zip(summary[f"{column}_mean"], summary[f"{column}_std"])]
+    return shown
 
 
 def display(summary: pd.DataFrame, keys: list[str] = KEYS, confidence: float = 0.95) -> pd.DataFrame:

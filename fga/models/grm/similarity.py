@@ -38,22 +38,39 @@ def _combine(t2i: torch.Tensor | None, i2t: torch.Tensor | None, combine: str) -
     return total / 2 if combine == "mean" else total
 
 
+def _max(s: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over `dim`; under autograd via max(dim), whose indices make the backward a cheap scatter (amax's is
+    not), else amax (no index tensor to write). Both give the same values."""
+    return s.max(dim=dim).values if s.requires_grad else s.amax(dim=dim)
+
+
+def _exclude_padding(s: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
+    """s [ci, Lx, ct, Ly] with -inf at every padded token's scores, in place; only padded entries are written.
+
+    Every max then sees real tokens only: a padded row or column is all -inf and clamps to -1 below, where
+    its pooling weight 0 removes it (bias-adding the masks would cost two passes over the whole tensor).
+    """
+    ci, lx, ct, ly = s.shape
+    rows = (~x_mask).reshape(-1).nonzero().squeeze(1)  # padded (image, token) rows of [ci * Lx, ct * Ly]
+    cols = (~y_mask).reshape(-1).nonzero().squeeze(1)
+    flat = s.view(ci * lx, ct * ly)
+    if rows.numel():
+        flat.index_fill_(0, rows, float("-inf"))
+    if cols.numel():
+        flat.index_fill_(1, cols, float("-inf"))
+    return s
+
+
 def _block(xn, x_mask, yn, y_mask, weights, combine):
     """Scores of a block: xn [ci, Lx, d], yn [ct, Ly, d] unit vectors -> one [ci, ct] per (wx, wy) pair."""
     ci, lx, d = xn.shape
     ct, ly, _ = yn.shape
-    s = (xn.reshape(ci * lx, d) @ yn.reshape(ct * ly, d).T).view(ci, lx, ct, ly)
+    s = _exclude_padding((xn.reshape(ci * lx, d) @ yn.reshape(ct * ly, d).T).view(ci, lx, ct, ly), x_mask, y_mask)
     best_t2i = best_i2t = None
-    if combine != "i2t":
-        # best visual token per word; padded visual tokens (bias -inf) can never be the max.
-        # max(dim) keeps indices, so its backward is a cheap scatter (amax's is not).
-        bias = torch.zeros(x_mask.shape, dtype=s.dtype, device=s.device).masked_fill(~x_mask, float("-inf"))
-        best_t2i = (s + bias[:, :, None, None]).max(dim=1).values  # [ci, ct, Ly]
-        best_t2i = best_t2i.clamp(min=-1.0)  # an image with no valid token scores -1 instead of -inf
+    if combine != "i2t":  # best visual token per word; an image with no valid token scores -1, not -inf
+        best_t2i = _max(s, 1).clamp(min=-1.0)  # [ci, ct, Ly]
     if combine != "t2i":
-        bias = torch.zeros(y_mask.shape, dtype=s.dtype, device=s.device).masked_fill(~y_mask, float("-inf"))
-        best_i2t = (s + bias[None, None]).max(dim=3).values  # [ci, Lx, ct]
-        best_i2t = best_i2t.clamp(min=-1.0)
+        best_i2t = _max(s, 3).clamp(min=-1.0)  # [ci, Lx, ct]
     out = []
     for wx, wy in weights:
         t2i = i2t = None
