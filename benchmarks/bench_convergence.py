@@ -59,6 +59,7 @@ from fga.config import load_params
 from fga.errors import UserError
 from fga.io import atomic_path, read_json, write_json
 from fga.models.registry import arch_name
+from fga.report.tables import pm
 from fga.runs import run_hash
 from fga.train import train, validation_rsum
 
@@ -173,10 +174,6 @@ def _num(value: float | None, sign: bool = False) -> str:
     return "-" if value is None else f"{value:+.1f}" if sign else f"{value:.1f}"
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    return "-" if mean is None else f"{mean:.1f} ± {std:.1f}"
-
-
 MD_HEAD = ["Backbone", "Method", "Seeds", "Plateau (epochs)", "Best val rSum", "Val rSum @ budget",
            "% of plateau", "Val rSum @ plateau", "GRM − method @ budget", "GRM − method @ plateau",
            "Δ vs GRM @ plateau", "Test rSum (best-val ckpt)", "s / epoch"]
@@ -192,9 +189,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         plateau = f"{r['plateau_epochs']}" if r["plateau_reached"] else f"not reached (> {r['epochs_run']})"
         leads = [_num(r[k], True) for k in ("grm_lead_budget", "grm_lead_plateau", "delta_vs_grm_plateau")]
         leads[1:] = [v + pair_star if v != "-" else v for v in leads[1:]]
-        cells = [r["backbone"], r["method"], str(r["seeds"]), plateau, _pm(r["best_mean"], r["best_std"]),
-                 _pm(r["budget_mean"], r["budget_std"]), share, _pm(r["plateau_mean"], r["plateau_std"]) + star,
-                 *leads, _pm(r["test_mean"], r["test_std"]), _num(r["sec_per_epoch"])]
+        cells = [r["backbone"], r["method"], str(r["seeds"]), plateau, pm(r["best_mean"], r["best_std"]),
+                 pm(r["budget_mean"], r["budget_std"]), share, pm(r["plateau_mean"], r["plateau_std"]) + star,
+                 *leads, pm(r["test_mean"], r["test_std"]), _num(r["sec_per_epoch"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
