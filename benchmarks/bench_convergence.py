@@ -306,6 +306,80 @@ def run_all(cfg: dict[str, Any], jobs: Sequence[Job], out: Path, n_jobs: int, wi
     return results
 
 
+# ------------------------------------------------------------------------------------------ MLflow
+
+
+def tracking_cfg(cfg: dict[str, Any], experiment: str, dataset: str, jobs: Sequence[Job]) -> dict[str, Any]:
+    """The bench's params as an fga experiment of their own whose grid is the bench's jobs (so the report's learning
+    curves, which keep the grid's runs, keep every one of them)."""
+    out = copy.deepcopy(cfg)
+    out["experiment"] = experiment
+    out["grid"] = {**out["grid"], "datasets": [dataset], "backbones": list(dict.fromkeys(j.backbone for j in jobs)),
+                   "methods": list(dict.fromkeys(j.method for j in jobs)),
+                   "seeds": list(dict.fromkeys(j.seed for j in jobs)), "ablation": {"backbones": [], "methods": []}}
+    return out
+
+
+def _train_runs(cfg: dict[str, Any], dataset: str) -> dict[tuple[str, str, int], Any]:
+    """(backbone, method, seed) -> the experiment's train run (a row of fga.tracking.runs_frame)."""
+    from fga.tracking import runs_frame
+
+    runs = runs_frame(cfg, [dataset], "train")
+    return {} if runs.empty else {(r["tags.backbone"], r["tags.method"], int(r["tags.seed"])): r
+                                  for _, r in runs.iterrows()}
+
+
+def log_results(cfg: dict[str, Any], results: dict[Job, dict[str, Any]], out: Path) -> int:
+    """Log every run not yet in MLflow with its params hash as an fga train run (step metrics = its history, plus
+    test_rsum) in `cfg`'s experiment; returns how many were logged."""
+    from fga.cli import file_hash
+    from fga.tracking_sync import log_train_run
+
+    logged = 0
+    for dataset in dict.fromkeys(j.dataset for j in results):
+        have = _train_runs(cfg, dataset)
+        for job, result in results.items():
+            run = have.get((job.backbone, job.method, job.seed))
+            if job.dataset != dataset or (run is not None and run.get("tags.params_hash") == result["run_hash"]):
+                continue
+            tags = {"params_hash": result["run_hash"],
+                    "data_hash": file_hash(Path("data") / job.dataset / "dataset.json")}
+            metrics = {} if result.get("test_rsum") is None else {"test_rsum": float(result["test_rsum"])}
+            log_train_run(cfg, {**job.__dict__, "stage": "train"}, result, job.run_dir(out) / CHECKPOINT_FILE,
+                          tags=tags, metrics=metrics)
+            logged += 1
+    return logged
+
+
+def mlflow_results(cfg: dict[str, Any], jobs: Sequence[Job]) -> dict[Job, dict[str, Any]]:
+    """Every job's history (val_rsum and seconds per epoch) and test rSum as MLflow holds them."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=cfg["tracking"]["uri"])
+    results = {}
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        runs = _train_runs(cfg, dataset)
+        for job in (j for j in jobs if j.dataset == dataset):
+            run = runs[(job.backbone, job.method, job.seed)]
+            history: dict[int, dict[str, Any]] = {}
+            for name in ("val_rsum", "seconds"):
+                for m in client.get_metric_history(run["run_id"], name):
+                    history.setdefault(int(m.step), {"epoch": int(m.step)})[name] = float(m.value)
+            test = run.get("metrics.test_rsum")
+            results[job] = {"history": [history[e] for e in sorted(history)],
+                            "test_rsum": None if test is None or np.isnan(test) else float(test)}
+    return results
+
+
+def curve_figure(cfg: dict[str, Any], out: Path) -> list[str]:
+    """learning_curves.png/.pdf under `out`: the report's learning-curve figure over the experiment's runs of the
+    methods that are not GRM variants (the ablations would crowd it; their curves are in curves.csv)."""
+    from fga.report.curves import learning_curve_figure
+
+    methods = [m for m in cfg["grid"]["methods"] if m == REFERENCE or arch_name(cfg, m) != REFERENCE]
+    return learning_curve_figure({**cfg, "grid": {**cfg["grid"], "methods": methods}}, out, quiet=True)
+
+
 # ----------------------------------------------------------------------------------------- machine
 
 
@@ -335,9 +409,15 @@ def machine_line(threads: int, n_jobs: int) -> str:
 # -------------------------------------------------------------------------------------------- main
 
 
-def default_methods(cfg: dict[str, Any]) -> list[str]:
-    """The default grid's methods, then its GRM ablation variants."""
-    return list(dict.fromkeys([*cfg["grid"]["methods"], *((cfg["grid"].get("ablation") or {}).get("methods") or [])]))
+def job_list(cfg: dict[str, Any], dataset: str, args: argparse.Namespace) -> list[Job]:
+    """The grid's methods on its backbones, then the GRM ablation variants on the ablation backbones (as the default
+    grid pairs them; each list overridable on the command line), every seed."""
+    ablation = cfg["grid"].get("ablation") or {}
+    pairs = [(b, m) for b in args.backbones or cfg["grid"]["backbones"] for m in args.methods or cfg["grid"]["methods"]]
+    pairs += [] if args.no_ablations else [(b, m) for b in args.ablation_backbones or ablation.get("backbones") or []
+              for m in args.ablation_methods or ablation.get("methods") or []]
+    seeds = args.seeds or cfg["grid"]["seeds"]
+    return [Job(dataset, b, m, s) for b, m in dict.fromkeys(pairs) for s in seeds]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -347,8 +427,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter as `fga --set` does (repeatable)")
     ap.add_argument("--dataset", help="default: the first of grid.datasets")
-    ap.add_argument("--methods", nargs="+", help="default: grid.methods + grid.ablation.methods")
+    ap.add_argument("--methods", nargs="+", help="default: grid.methods")
     ap.add_argument("--backbones", nargs="+", help="default: grid.backbones")
+    ap.add_argument("--ablation-methods", nargs="+", help="default: grid.ablation.methods")
+    ap.add_argument("--ablation-backbones", nargs="+", help="default: grid.ablation.backbones")
+    ap.add_argument("--no-ablations", action="store_true", help="only --methods on --backbones")
     ap.add_argument("--seeds", nargs="+", type=int, help="default: grid.seeds")
     ap.add_argument("--max-epochs", type=int, default=20)
     ap.add_argument("--budget", type=int, help="the default budget compared with the plateau (default: train.epochs)")
@@ -356,6 +439,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: train.device")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "convergence")
+    ap.add_argument("--experiment", default="convergence",
+                    help="the fga experiment (MLflow: fga-<dataset>-<experiment>) the runs are logged to; the tables "
+                         "and curves are built from what MLflow holds")
+    ap.add_argument("--no-tracking", action="store_true", help="build the tables from the runs' result.json files")
     ap.add_argument("--no-test", action="store_true", help="skip the test rSum of each best-val checkpoint")
     ap.add_argument("--plateau-window", type=int, default=PlateauRule.window)
     ap.add_argument("--plateau-margin", type=float, default=PlateauRule.margin, help="rSum")
@@ -372,7 +459,7 @@ def write_outputs(out: Path, rows: list[dict], curves: list[dict], header: str) 
 
 
 def header_text(argv: Sequence[str], cfg: dict[str, Any], budget: int, rule: PlateauRule, machine: str,
-                wall: float) -> str:
+                wall: float, train_s: float, source: str) -> str:
     tc = cfg["train"]
     return "\n".join([
         f"# Convergence: validation rSum vs epochs (up to {tc['epochs']}; default budget {budget})", "",
@@ -384,7 +471,9 @@ def header_text(argv: Sequence[str], cfg: dict[str, Any], budget: int, rule: Pla
         f"{rule.std_factor:g} × seed std) over the next {rule.window} epochs. `*`: a plateau not reached, "
         "the value at the last epoch (a lower bound; `≤`: an upper bound of the share).",
         "GRM − method: GRM's lead over a baseline; Δ vs GRM: a GRM variant minus GRM; each at its own plateau.",
-        f"Machine: {machine}. Wall time {wall / 60:.1f} min. "
+        f"Values read from {source}.",
+        f"Machine: {machine}. The runs' own time {train_s / 3600:.2f} core-hours; this invocation's wall time "
+        f"{wall / 60:.1f} min (recorded runs are read back, not retrained). "
         f"Command: `python benchmarks/bench_convergence.py {' '.join(argv)}`."])
 
 
@@ -402,21 +491,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = args.budget or cfg["train"]["epochs"]
     cfg = bench_cfg(cfg, args.max_epochs, args.threads, args.device)
     dataset = args.dataset or cfg["grid"]["datasets"][0]
-    methods, backbones = args.methods or default_methods(cfg), args.backbones or cfg["grid"]["backbones"]
+    jobs = job_list(cfg, dataset, args)
+    backbones, methods = (list(dict.fromkeys(getattr(j, k) for j in jobs)) for k in ("backbone", "method"))
     missing = missing_inputs(dataset, backbones)
     if missing:
         raise SystemExit(f"bench_convergence: {args.project}: missing {', '.join(missing)}; make them with "
                          f"`snakemake --cores all {' '.join(missing)}` in the project")
-    jobs = [Job(dataset, b, m, s) for b in backbones for m in methods for s in (args.seeds or cfg["grid"]["seeds"])]
     machine = machine_line(cfg["train"].get("threads", 1), args.jobs)
     print(f"machine: {machine}\n{len(jobs)} runs x {args.max_epochs} epochs -> {out}", flush=True)
     results = run_all(cfg, jobs, out, args.jobs, not args.no_test)
+    train_s = sum(r["seconds"] for r in results.values())
+    source = "the runs' result.json files"
+    if not args.no_tracking:
+        tracked = tracking_cfg(cfg, args.experiment, dataset, jobs)
+        logged = log_results(tracked, results, out)
+        results = mlflow_results(tracked, jobs)
+        figure = curve_figure(tracked, out)
+        source = f"MLflow ({tracked['tracking']['uri']}, experiment `{args.experiment}`)"
+        print(f"MLflow: {logged} run(s) logged, {len(results)} read back; figure {', '.join(figure) or 'skipped'}",
+              flush=True)
     rule = PlateauRule(args.plateau_window, args.plateau_margin, args.plateau_std_factor)
     rows = build_rows(results, cfg, backbones, methods, budget, rule)
     wall = time.time() - started
-    header = header_text(argv, cfg, budget, rule, machine, wall)
+    header = header_text(argv, cfg, budget, rule, machine, wall, train_s, source)
     write_outputs(out, rows, curve_rows(results, backbones, methods), header)
-    train_s = sum(r["seconds"] for r in results.values())
     print(markdown_table(rows))
     print(f"\nwall time {wall:.0f} s; the recorded runs' own time {train_s:.0f} s ({train_s / 3600:.2f} core-hours at "
           f"{cfg['train'].get('threads', 1)} thread(s) a run); tables in {out}", flush=True)

@@ -157,24 +157,16 @@ def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
-    from fga.tracking_sync import log_or_keep as log_run
-    from fga.tracking_params import resolved_run_params
+    from fga.tracking_sync import log_train_run
     from fga.train import train
 
     a.timeline.ready()
     meta = train(cfg, a.dataset, a.backbone, a.method, a.seed, run_dir(cfg, "runs", a), quiet=a.quiet)
     if meta.get("rank", 0) != 0:
         return  # under torchrun only rank 0 logs the run
-    steps: dict[str, list[tuple[int, float]]] = {}
-    for row in meta["history"]:
-        for k, v in row.items():
-            if k != "epoch":
-                steps.setdefault(k, []).append((row["epoch"], v))
     with a.timeline.tracking():
-        log_run(cfg, _key(a, "train"), params=resolved_run_params(cfg, a.backbone, a.method),
-                metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"]},
-                step_metrics=steps, tags=_provenance(cfg, a),
-                checkpoint=run_dir(cfg, "runs", a) / "checkpoint.safetensors")  # logged if tracking.log_checkpoints
+        log_train_run(cfg, _key(a, "train"), meta, run_dir(cfg, "runs", a) / "checkpoint.safetensors",
+                      tags=_provenance(cfg, a))
 
 
 def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:

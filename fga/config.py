@@ -234,7 +234,9 @@ def source_of(path: list[Any], layers: list[tuple[str, Any]]) -> str:
 def resolve_methods(cfg: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
     """cfg with every variant section (`arch: <another method>`) filled in from that method's resolved section.
 
-    The variant's own keys win and mappings (per_backbone) merge key by key, over the final config (after every
+    The variant's own keys win, also over the base's per-backbone values of those keys (`grm_k8: {arch: grm,
+    num_prompts: 8}` has K = 8 on Swin too, where grm has 50; the variant's own per_backbone still applies), and
+    mappings (per_backbone) merge key by key, over the final config (after every
     overlay and override), so a change of the base reaches its variants. `arch` becomes the architecture at the
     root of the chain: `grm_k8_no_sa: {arch: grm_k8}` over `grm_k8: {arch: grm}` builds a GRM. An `arch` naming
     no section (a registered architecture without options) inherits nothing. Resolving twice changes nothing.
@@ -252,7 +254,7 @@ def resolve_methods(cfg: dict[str, Any], source: str = "params.yaml") -> dict[st
                 raise UserError(f"{source}: methods.{name}.arch: the variants {' -> '.join(chain + (name, base))} "
                                 f"inherit from each other in a circle; let one of them name an architecture")
             else:
-                parent = resolve(base, chain + (name,))
+                parent = _without_backbone_values(resolve(base, chain + (name,)), set(section) - {"arch", "per_backbone"})
                 resolved[name] = merged(parent, section)
                 resolved[name]["arch"] = parent.get("arch", base)
         return resolved[name]
@@ -260,6 +262,16 @@ def resolve_methods(cfg: dict[str, Any], source: str = "params.yaml") -> dict[st
     for method in methods:
         resolve(method, ())
     return {**cfg, "methods": resolved}
+
+
+def _without_backbone_values(section: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """`section` whose per_backbone entries no longer set `keys` (entries left empty are dropped)."""
+    per_backbone = section.get("per_backbone")
+    if not keys or not isinstance(per_backbone, dict):
+        return section
+    kept = {b: {k: v for k, v in opts.items() if k not in keys} if isinstance(opts, dict) else opts
+            for b, opts in per_backbone.items()}
+    return {**section, "per_backbone": {b: opts for b, opts in kept.items() if opts != {}}}
 
 
 def evaluation_section(cfg: dict[str, Any], dataset: str | None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def sweep_cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
 def dvc_sweep_runs(cfg: dict[str, Any]) -> list[dict[str, str]]:
     """{backbone, method} of each sweep run the default grid's DVC stages do not make, in sweep order: what
     params.yaml's `sweeps.dvc_runs` lists for sweeps/stages.yaml (DVC refuses two stages with one output)."""
-    default = set(grid_cells(cfg))
-    shared = {(b, m) for d, b, m, s in sweep_cells(cfg) if (d, b, m, s) in default}
-    runs = dict.fromkeys((b, m) for _, b, m, _ in sweep_cells(cfg))
+    default, sweep = set(grid_cells(cfg)), sweep_cells(cfg)
+    shared = {(b, m) for d, b, m, s in sweep if (d, b, m, s) in default}
+    runs = dict.fromkeys((b, m) for _, b, m, _ in sweep)
     return [{"backbone": b, "method": m} for b, m in runs if (b, m) not in shared]

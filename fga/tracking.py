@@ -104,13 +104,14 @@ def _store_lock(cfg: dict[str, Any]) -> Iterator[None]:
     if uri.startswith(SERVER_SCHEMES):
         yield
         return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else Path(".mlflow.lock")
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    lock_path = Path(f"{db}.lock") if db else Path(".mlflow.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            if uri.startswith("sqlite:///"):
-                _create_sqlite_store(Path(uri.removeprefix("sqlite:///")))
+            if db:
+                _create_sqlite_store(db)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -85,6 +85,23 @@ def log_or_keep(cfg: dict[str, Any], key: dict[str, Any], **kwargs: Any) -> str 
     return run_id
 
 
+def log_train_run(cfg: dict[str, Any], key: dict[str, Any], meta: dict[str, Any], checkpoint: Path,
+                  tags: dict[str, str], metrics: dict[str, float] | None = None) -> str | None:
+    """log_or_keep a finished training run (fga.train's meta): the best validation rSum and its epoch (+ `metrics`),
+    every per-epoch history value as a step metric (step = epoch), the method's resolved params."""
+    from fga.tracking_params import resolved_run_params
+
+    steps: dict[str, list[tuple[int, float]]] = {}
+    for row in meta["history"]:
+        for name, value in row.items():
+            if name != "epoch":
+                steps.setdefault(name, []).append((row["epoch"], value))
+    return log_or_keep(cfg, key, params=resolved_run_params(cfg, key["backbone"], key["method"]),
+                       metrics={"best_val_rsum": meta["best"]["rsum"], "best_epoch": meta["best"]["epoch"],
+                                **(metrics or {})},
+                       step_metrics=steps, tags=tags, checkpoint=checkpoint)  # checkpoint: if tracking.log_checkpoints
+
+
 def pending(cfg: dict[str, Any]) -> list[Path]:
     return sorted(pending_dir(cfg).glob("*.json"))
 

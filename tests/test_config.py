@@ -11,6 +11,7 @@ import yaml
 from fga.config import (apply_overrides, evaluation_section, for_dataset, load_params, merged, params_hash,
                         resolve_methods)
 from fga.errors import UserError
+from fga.models.registry import method_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,7 +167,9 @@ def test_a_change_of_the_base_method_reaches_every_variant(tmp_path):
     for m in variants:
         assert cfg["methods"][m]["num_prompts"] == own[m].get("num_prompts", 8), m
         assert cfg["methods"][m]["per_backbone"]["lite0_roi"] == {"margin": 0.3}
-        assert cfg["methods"][m]["per_backbone"]["swin_base_224"] == {"num_prompts": 50}
+        # a variant's own K wins on Swin too; the others keep grm's K = 50 there
+        assert cfg["methods"][m]["per_backbone"].get("swin_base_224") == (
+            None if "num_prompts" in own[m] else {"num_prompts": 50}), m
     assert cfg["methods"]["grm_no_sa"]["use_saliency"] is False and cfg["methods"]["grm"]["use_saliency"] is True
 
 
@@ -182,7 +185,9 @@ def test_a_variant_defined_in_an_overlay_inherits_the_params_section(tmp_path):
     cfg = snakemake_config(merged(default(), overlay), [params], [path], {})
     grm, k8 = cfg["methods"]["grm"], cfg["methods"]["grm_k8"]
     assert k8["embed_dim"] == grm["embed_dim"] == 128 and k8["num_prompts"] == 8 and k8["arch"] == "grm"
-    assert k8["per_backbone"]["swin_base_224"] == {"num_prompts": 50, "margin": 0.1}
+    assert k8["per_backbone"]["swin_base_224"] == {"margin": 0.1}  # its own K = 8 replaces grm's Swin K = 50
+    assert method_section(cfg, "grm_k8", "swin_base_224")["num_prompts"] == 8
+    assert method_section(cfg, "grm", "swin_base_224")["num_prompts"] == 50
     chained = cfg["methods"]["grm_k8_no_sa"]
     assert chained["arch"] == "grm" and chained["num_prompts"] == 8 and chained["use_saliency"] is False
     assert resolve_methods(cfg) == cfg  # resolving the resolved config (the jobs' params file) changes nothing
@@ -210,7 +215,10 @@ def test_resolved_variants_equal_the_yaml_merges_they_replace_so_run_hashes_stay
     anchored = yaml.safe_load(_anchored(text))
     cfg = load_params(ROOT / "params.yaml")
     assert anchored["methods"] != yaml.safe_load(text)["methods"]  # the merges did fill the variants in
+    raw = yaml.safe_load(text)["methods"]
     for name, section in anchored["methods"].items():
+        if raw[name].get("arch") and "num_prompts" in raw[name]:  # a K variant's own K replaces grm's Swin K = 50
+            section = {**section, "per_backbone": {}}
         assert list(cfg["methods"][name].items()) == list(section.items()), name  # same keys, values, order
     grid = cfg["grid"]
     runs = [(d, b, m) for d in grid["datasets"] for b in grid["backbones"] + grid["ablation"]["backbones"]
