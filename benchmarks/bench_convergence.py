@@ -286,6 +286,16 @@ def _report(job: Job, result: dict[str, Any], done: int, total: int) -> None:
           f"{best['epoch'] + 1} epochs ({result['seconds']:.0f} s)", flush=True)
 
 
+def die_with_parent() -> None:
+    """Make this worker get SIGTERM when the bench process dies (Linux's PR_SET_PDEATHSIG): a killed bench
+    otherwise leaves its workers training for runs nobody collects (measured: orphans kept two cores busy)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def run_all(cfg: dict[str, Any], jobs: Sequence[Job], out: Path, n_jobs: int, with_test: bool) -> dict[Job, dict]:
     """Every job's result: recorded ones read back, the others trained (`n_jobs` processes at a time)."""
     results = {j: r for j in jobs if (r := finished(j, cfg, out)) is not None}
@@ -297,7 +307,7 @@ def run_all(cfg: dict[str, Any], jobs: Sequence[Job], out: Path, n_jobs: int, wi
             _report(job, results[job], len(results), len(jobs))
         return results
     # spawn: a forked child would inherit the parent's torch thread pools
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn"), initializer=die_with_parent) as pool:
         futures = {pool.submit(run_job, cfg, job, out, with_test): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]

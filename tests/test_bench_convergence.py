@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +219,32 @@ def test_tiny_bench_end_to_end_resumes_and_matches_the_default_budget(tiny_bench
     runs = runs_frame({**cfg, "experiment": "convergence"}, ["synthetic"], "train")
     assert sorted(runs["tags.seed"]) == ["0", "1"] and set(runs["tags.method"]) == {"grm"}
     assert runs["metrics.test_rsum"].notna().all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_stop_when_the_bench_process_is_killed(tmp_path):
+    """The bench's pool workers get SIGTERM when their parent dies instead of training on as orphans."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+        import bench_convergence as bc
+        if __name__ == "__main__":
+            pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=bc.die_with_parent)
+            print(pool.submit(os.getpid).result(), flush=True)
+            pool.submit(time.sleep, 120)
+            time.sleep(0.5)
+            os.kill(os.getpid(), 9)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    worker = int(done.stdout.split()[0])
+    for _ in range(100):  # the kernel signals at once; the worker needs a moment to exit
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, 9)
+    pytest.fail(f"worker {worker} outlived its killed parent")
