@@ -47,12 +47,13 @@ KERNEL_NAME = {"grm": "GRM", "scan": "SCAN t2i"}  # bench_similarity's FLOP form
 ENCODE_CHUNK = 500
 
 
-def build(method: str, setting: dict):
+def build(method: str, setting: dict, options: dict | None = None):
+    """`method` with params.yaml's options, the setting's embed_dim and `options` on top, in eval mode."""
     from fga.config import load_params
     from fga.models.registry import build_model, method_section
 
     cfg = load_params(str(ROOT / "params.yaml"), [])
-    options = {**method_section(cfg, method), "embed_dim": setting["embed_dim"]}
+    options = {**method_section(cfg, method), "embed_dim": setting["embed_dim"], **(options or {})}
     return build_model(method, options, img_dim=setting["img_dim"], vocab_size=VOCAB).eval()
 
 
@@ -61,16 +62,18 @@ def _cat(parts: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def encode_captions(model, seed: int = 0) -> tuple[dict, float]:
-    """The encodings of 25,000 random captions of 8-16 words, and the seconds they took."""
+def encode_captions(model, seed: int = 0, n: int = N_CAPTIONS,
+                    words_range: tuple[int, int] = (MIN_WORDS, MAX_WORDS)) -> tuple[dict, float]:
+    """The encodings of n (default 25,000) random captions of 8-16 words (or `words_range`), and the seconds they took."""
+    lo, hi = words_range
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(MIN_WORDS, MAX_WORDS + 1, (N_CAPTIONS,), generator=g)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g)
     t0 = time.perf_counter()
     parts = []
-    for i in range(0, N_CAPTIONS, ENCODE_CHUNK):
+    for i in range(0, n, ENCODE_CHUNK):
         ln = lengths[i:i + ENCODE_CHUNK]
-        words = torch.randint(2, VOCAB, (len(ln), MAX_WORDS), generator=g)
-        words[torch.arange(MAX_WORDS)[None] >= ln[:, None]] = 0
+        words = torch.randint(2, VOCAB, (len(ln), hi), generator=g)
+        words[torch.arange(hi)[None] >= ln[:, None]] = 0
         parts.append(model.encode_text(words, ln))
     return _cat(parts), time.perf_counter() - t0
 
@@ -117,14 +120,17 @@ def matmul_gflops(bi: int, bc: int, r: int, mean_words: float, d: int, seconds: 
     return flops / best / 1e9
 
 
-def measure(setting_name: str, method: str, n_img: int, budget_mb: float) -> dict:
-    """One run in this process: encode, score n_img x 25,000, and the figures to project it to 5,000 images."""
+def measure(setting_name: str, method: str, n_img: int, budget_mb: float, *, setting: dict | None = None,
+            options: dict | None = None, n_captions: int = N_CAPTIONS) -> dict:
+    """One run in this process: encode, score n_img x n_captions (default 25,000), and the figures to project it
+    to 5,000 images. `setting` (default SETTINGS[setting_name]) may give `words` = (min, max) words per caption;
+    `options` override the method's constructor options."""
     from fga.evaluate.similarity import plan_blocks, similarity_matrix
 
-    setting = SETTINGS[setting_name]
+    setting = setting or SETTINGS[setting_name]
     torch.manual_seed(0)
-    model = build(method, setting)
-    txt, t_txt = encode_captions(model)
+    model = build(method, setting, options)
+    txt, t_txt = encode_captions(model, n=n_captions, words_range=tuple(setting.get("words", (MIN_WORDS, MAX_WORDS))))
     one, _ = encode_images(model, 1, setting["tokens"], setting["img_dim"])
     # at least one full block of the full-size plan: fewer images would also mean smaller, slower blocks
     n_img = min(N_IMAGES, max(n_img, full_size_block_images(model, one, txt, budget_mb)))
@@ -143,6 +149,7 @@ def measure(setting_name: str, method: str, n_img: int, budget_mb: float) -> dic
             "sim_s": t_sim, "encode_images_s": t_img, "encode_captions_s": t_txt, "flops_per_image": flops_per_image,
             "matmul_gflops": matmul_gflops(plan.block_images, plan.block_captions, r, sum(words) / len(words), d),
             "peak_rss": peak, "image_bytes_per_image": encoded_bytes(img) / n_img, "result_bytes": sim.nbytes,
+            "captions": n_captions, "caption_bytes_per_caption": encoded_bytes(txt) / n_captions,
             "finite": bool(torch.isfinite(torch.from_numpy(sim)).all())}
 
 

@@ -1,7 +1,8 @@
 """Convergence: how close is each method to its plateau at the default epoch budget?
 
-Trains every method of the default grid (params.yaml `grid.methods` and the GRM ablations of
-`grid.ablation.methods`) on every `grid.backbones` backbone for every `grid.seeds` seed, for
+Trains every method of the default grid (params.yaml `grid.methods` on every `grid.backbones` backbone, and
+the GRM ablations of `grid.ablation.methods` on `grid.ablation.backbones`, as the grid pairs them) for every
+`grid.seeds` seed, for
 `--max-epochs` epochs each, with the project's own training loop (fga.train.train: the project's
 schedule, batch and method sections; only `train.epochs` is raised). Every epoch's validation rSum
 comes from the run's history. Because an epoch's batches, warm-up and LR milestones do not depend on
@@ -18,7 +19,12 @@ The fixed margin is the default because a method with a large seed spread (SCAN 
 std ~35 rSum) would otherwise count as flat while its mean still climbs. A curve that gains more
 at every epoch with `window` epochs after it is "not reached" within `--max-epochs`.
 
-Outputs (under `--out`, default reports/convergence/): convergence.md and convergence.csv (per
+Tracking: every run is logged to MLflow (experiment `--experiment`, default `convergence`: fga-<dataset>-convergence
+in the project's tracking store) by the same logger `fga train` uses, and the tables and the learning-curve figure are
+built from those MLflow runs (`--no-tracking`: from the runs' result.json files instead).
+
+Outputs (under `--out`, default reports/convergence/): learning_curves.png/.pdf (the report's learning-curve figure:
+validation rSum per epoch, mean +- std band over seeds), convergence.md and convergence.csv (per
 backbone x method: plateau, best val rSum, val rSum at the budget and its share of the plateau's,
 GRM's lead over each baseline at the budget and at the plateau, each ablation's delta vs GRM at the
 plateau, test rSum of the best-val checkpoint, seconds per epoch), curves.csv (the seed-mean curves)
@@ -28,6 +34,7 @@ whose result.json matches its params is skipped, so an interrupted bench resumes
 
     python benchmarks/bench_convergence.py [--project .] [--max-epochs 20] [--jobs 8] [--threads 1]
         [--methods grm scan ...] [--backbones lite0_roi] [--seeds 0 1 2] [--set KEY=VALUE ...]
+        [--ablation-methods ...] [--ablation-backbones ...] [--no-ablations] [--experiment NAME] [--no-tracking]
         [--out reports/convergence] [--no-test]
 
 The project needs data/<dataset>/dataset.json, features/<dataset>/vocab.json and the backbones'

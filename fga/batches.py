@@ -21,27 +21,51 @@ from fga.rng import step_generator
 UNK_ID = 1  # fga.features.text: 0 = <pad>, 1 = <unk>, words from 2
 
 
+@dataclass(frozen=True)
+class TokenNoise:
+    """What caption noise writes: the id a masked token becomes, and the range [random_low, random_high) random
+    tokens are drawn from (empty: masked instead). Padding is id 0 in both vocabularies."""
+
+    mask_id: int
+    random_low: int
+    random_high: int
+
+    @classmethod
+    def words(cls, vocab_size: int) -> "TokenNoise":
+        """The BiGRU vocabulary: <unk>, or a random word (ids from 2)."""
+        return cls(UNK_ID, 2, vocab_size) if vocab_size > 2 else cls(UNK_ID, 0, 0)
+
+    @classmethod
+    def word_pieces(cls, tokenizer: Any) -> "TokenNoise":
+        """A BERT-style word-piece vocabulary: [MASK], or a random real word piece (`piece_noise_ids`)."""
+        from fga.features.text import piece_noise_ids
+
+        return cls(*piece_noise_ids(tokenizer))
+
+
 def token_perturb_rate(tc: dict[str, Any], mode: str) -> float:
     """`train.token_perturb` for this mode: one rate for both, or a {mode: rate} mapping."""
     value = tc.get("token_perturb", 0.0)
     return float(value.get(mode, 0.0) if isinstance(value, dict) else value)
 
 
-def perturb_tokens(tokens: torch.Tensor, lengths: torch.Tensor, p: float, vocab_size: int,
+def perturb_tokens(tokens: torch.Tensor, lengths: torch.Tensor, p: float, noise: TokenNoise | int,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT-style caption noise: each real token, with probability p, becomes <unk>, a random word, or is dropped.
+    """BERT-style caption noise: each real token, with probability p, is masked (<unk> / [MASK]), replaced by a
+    random word (piece), or dropped. `noise`: a `TokenNoise`, or the BiGRU vocabulary's size.
 
     tokens [B, L] (0 = padding), lengths [B] -> new (tokens [B, L], lengths [B]); kept tokens keep
     their order, the rest is padding; a caption never loses all its tokens.
     """
+    noise = noise if isinstance(noise, TokenNoise) else TokenNoise.words(int(noise))
     b, n = tokens.shape
     pos = torch.arange(n)[None, :]
     real = pos < lengths[:, None]
     hit = (torch.rand(b, n, generator=generator) < p) & real
     action = torch.randint(0, 3, (b, n), generator=generator)
-    random_ids = torch.randint(2, max(vocab_size, 3), (b, n), generator=generator) if vocab_size > 2 else \
-        torch.full((b, n), UNK_ID)
-    out = torch.where(hit & (action == 0), torch.full_like(tokens, UNK_ID), tokens)
+    random_ids = torch.randint(noise.random_low, noise.random_high, (b, n), generator=generator) \
+        if noise.random_high > noise.random_low else torch.full((b, n), noise.mask_id)
+    out = torch.where(hit & (action == 0), torch.full_like(tokens, noise.mask_id), tokens)
     out = torch.where(hit & (action == 1), random_ids, out)
     keep = real & ~(hit & (action == 2))
     keep[:, 0] |= keep.sum(1) == 0  # all dropped: keep the first (unchanged) token
@@ -72,18 +96,21 @@ class Batching:
     rank_slice: slice
     augments: bool  # draw augmentation seeds for the region source
     token_perturb: float = 0.0
-    vocab_size: int = 0
+    noise: TokenNoise | int = 0  # what perturbation writes (an int: the BiGRU vocabulary's size)
 
     @classmethod
     def for_run(cls, data: SplitInputs, tc: dict[str, Any], seed: int, rank: int, world: int, augments: bool,
-                token_perturb: float, vocab_size: int) -> "Batching":
+                token_perturb: float, noise: TokenNoise | int) -> "Batching":
         bs = min(tc["batch_size"], len(data.tokens))  # tiny configs: one batch of everything
         if bs % world:
             raise UserError(f"train.batch_size {bs} does not split into {world} equal per-rank slices; "
                             f"use a multiple of {world}")
         per_rank = bs // world
+        if token_perturb > 0 and data.tokens.dim() != 2:
+            raise UserError("train.token_perturb perturbs token ids, but this run's captions are cached transformer "
+                            "features: set train.token_perturb.frozen_features to 0 (or train in finetune mode)")
         return cls(data, caps_per_image(data), seed, bs, slice(rank * per_rank, (rank + 1) * per_rank), augments,
-                   token_perturb, vocab_size)
+                   token_perturb, noise)
 
     def plan_epoch(self, epoch: int) -> list[StepPlan]:
         """The epoch's steps: a permutation of the captions drawn from (seed, epoch), cut into full global batches."""
@@ -103,7 +130,7 @@ class Batching:
         """(tokens, lengths) of this rank's slice, and which captions of the global batch share an image."""
         tokens, lengths = self.data.tokens[plan.cap_idx], self.data.lengths[plan.cap_idx]
         if self.token_perturb > 0:
-            tokens, lengths = perturb_tokens(tokens, lengths, self.token_perturb, self.vocab_size,
+            tokens, lengths = perturb_tokens(tokens, lengths, self.token_perturb, self.noise,
                                              step_generator(self.seed, epoch, plan.step, "tokens"))
         tokens = tokens[:, : int(lengths.max())]  # the global batch's longest: equal shapes on every rank
         img_idx = plan.cap_idx // self.caps_per_image

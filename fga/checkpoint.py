@@ -3,7 +3,7 @@
 `checkpoint.safetensors`, the run's result (a declared pipeline output): the best-val-rSum weights
 of the model as tensors `model.<name>` and, in finetune mode, of the region source (the trained
 backbone) as `region_source.<name>`; the run's metadata (run hash, params, history, best epoch and
-rSum, ...) as canonical JSON (sorted keys) under the header metadata key `fga` (the header's only key:
+rSum, text encoder, ...) as canonical JSON (sorted keys) under the header metadata key `fga` (the header's only key:
 safetensors writes several in a random order). safetensors has no
 pickle and no random serialization id, and the metadata holds no wall-clock times, so the same
 params and seed give byte-identical files on the same machine.
@@ -116,6 +116,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: not an fga checkpoint (tensor {name!r}); {FIX}")
         state[group][key] = tensor
     return {**state, "meta": meta}
+
+
+def check_text_encoder(path: Path, meta: dict[str, Any], name: str) -> None:
+    """A checkpoint of one text encoder (`text_encoder` in its metadata; none: the BiGRU) loaded for another is a
+    one-line UserError naming both."""
+    recorded = str(meta.get("text_encoder") or "bigru")
+    if recorded != name:
+        raise UserError(f"{path}: trained with text encoder {recorded!r}, but train.text_encoder is {name!r}; set "
+                        f"train.text_encoder: {recorded} (--set train.text_encoder={recorded}) or re-run `fga train`")
 
 
 def save_resume_state(path: Path, state: dict[str, Any]) -> None:

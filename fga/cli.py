@@ -80,6 +80,9 @@ class JobTimeline:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--configfile", dest="overlays", action="extend", nargs="+", default=[], metavar="FILE",
+                   help="overlay YAML files merged over the params file in order, as snakemake --configfile "
+                        "(e.g. configs/paper.yaml local.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -252,8 +255,9 @@ def cmd_dvc_record(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.versioning import record_in_dvc
 
     a.timeline.ready()
-    if a.overrides:
-        raise UserError("fga dvc-record takes no --set: it records outputs made with the params file as it is")
+    if a.overrides or a.overlays:
+        raise UserError("fga dvc-record takes no --set or --configfile: it records outputs made with the params file "
+                        "as it is")
     print(record_in_dvc(Path(a.params)))
 
 
@@ -347,7 +351,7 @@ def _run_verb(args: argparse.Namespace) -> int:
     try:
         from fga.config import load_params
 
-        cfg = load_params(args.params, args.overrides)
+        cfg = load_params(args.params, args.overrides, getattr(args, "overlays", ()))
         func: Callable[[dict[str, Any], argparse.Namespace], None] = args.func
         func(cfg, args)
     except UserError as exc:

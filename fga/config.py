@@ -289,22 +289,39 @@ def for_dataset(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read, override, validate and resolve params.yaml; every problem is a one-line UserError."""
-    path = Path(path)
+def _read_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping of sections; every problem is a one-line UserError."""
     if not path.exists():
-        raise UserError(f"{path}: params file not found; run from the project root or pass --params PATH")
+        raise UserError(f"{path}: {what} not found; run from the project root or pass its path")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path}: not valid YAML{where}; fix the syntax (indentation, colons, quotes)") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a mapping of sections (grid, data, features, ...), got {type(cfg).__name__}")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections (grid, data, features, ...), got {type(data).__name__}")
+    return data
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
+                overlays: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Read params.yaml, merge the overlay files over it in order (as Snakemake's `--configfile` does), apply the
+    `--set` overrides, validate and resolve; every problem is a one-line UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: params file not found; run from the project root or pass --params PATH")
+    cfg = _read_mapping(path, "params file")
+    layers = [(str(path), cfg)]
+    for overlay in overlays:
+        layer = _read_mapping(Path(overlay), "overlay (--configfile)")
+        layers.append((str(overlay), layer))
+        cfg = merged(cfg, layer)
     cfg = apply_overrides(cfg, overrides or [])
-    validate(cfg, str(path))
-    return resolve_methods(cfg, str(path))
+    problem = schema_problem(cfg)
+    if problem is not None:
+        raise UserError(f"{source_of(problem[0], layers) if len(layers) > 1 else path}: {problem[1]}")
+    return resolve_methods(cfg, ", ".join(name for name, _ in layers))
 
 
 def _read_layer(path: Path) -> Any:

@@ -3,8 +3,15 @@
 Shared by training (fga.train) and evaluation (fga.evaluate). Regions come from the frozen
 feature store (`features/<dataset>/<backbone>/<split>.h5`, the default `train.mode:
 frozen_features`) or are computed elsewhere and wrapped with the captions by `caption_inputs`
-(a fine-tuned backbone: fga.finetune). Captions are always read from dataset.json and tokenised
-with the dataset's train vocabulary (`features/<dataset>/vocab.json`).
+(a fine-tuned backbone: fga.finetune). Captions are read from dataset.json and become what the run's text
+encoder (`train.text_encoder`, fga.models.text_encoder) takes:
+
+- `bigru`: word ids of the dataset's train vocabulary (`features/<dataset>/vocab.json`), [n, L] int64;
+- a transformer in frozen_features mode: the text store's cached word-piece features
+  (`features/<dataset>/text_<encoder>/<split>.h5`), [CLS] and [SEP] dropped, [n, L, D] float16;
+- a transformer in finetune mode: the tokenizer's word-piece ids without [CLS]/[SEP], [n, L] int64.
+
+`lengths` always count the caption's tokens (words or word pieces).
 """
 from __future__ import annotations
 
@@ -16,9 +23,12 @@ import numpy as np
 import torch
 
 from fga.errors import UserError
-from fga.features.store import feature_hash, open_store, read_store
-from fga.features.text import encode_captions, load_vocab, split_captions
+from fga.features.store import feature_hash, open_store, open_text_store, read_store
+from fga.features.text import (TextEncoder, caption_rows, encode_captions, encoder_max_words, encoder_spec,
+                               load_tokenizer, load_vocab, max_pieces, resolve_model_dir, split_captions,
+                               text_feature_hash, text_store_dir, word_piece_ids)
 from fga.io import read_json
+from fga.models.text_encoder import BIGRU, TextEncoderSpec
 
 
 @dataclass
@@ -27,8 +37,8 @@ class SplitInputs:
 
     regions: torch.Tensor  # [N, R, D] float16
     mask: torch.Tensor  # [N, R] bool
-    tokens: torch.Tensor  # [5N, L] int64
-    lengths: torch.Tensor  # [5N]
+    tokens: torch.Tensor  # [5N, L] int64 word / word-piece ids, or [5N, L, D] float16 cached word-piece features
+    lengths: torch.Tensor  # [5N] words / word pieces per caption
     image_ids: list[int]
     attrs: dict[str, Any]
 
@@ -51,24 +61,124 @@ def is_finetune(cfg: dict[str, Any]) -> bool:
     return cfg["train"].get("mode", "frozen_features") == "finetune"
 
 
+def text_encoder_name(cfg: dict[str, Any]) -> str:
+    """The run's caption encoder, `train.text_encoder`: `bigru` (default) or a `features.text.encoders` entry."""
+    return str(cfg["train"].get("text_encoder") or BIGRU)
+
+
+def _model_width(model_dir: Path) -> int:
+    """hidden_size of a local transformers model (config.json), the width of its cached features."""
+    config = read_json(model_dir / "config.json", "transformers config.json")
+    width = next((config[k] for k in ("hidden_size", "dim", "d_model") if k in config), None)
+    if not isinstance(width, int):
+        raise UserError(f"{model_dir / 'config.json'}: no hidden_size; give a transformers encoder directory")
+    return width
+
+
+def text_encoder_spec(cfg: dict[str, Any]) -> TextEncoderSpec:
+    """The `TextEncoderSpec` a run of `cfg` builds its models with (model directories checked, one-line errors)."""
+    name, mode = text_encoder_name(cfg), cfg["train"].get("mode", "frozen_features")
+    if name == BIGRU:
+        return TextEncoderSpec(BIGRU, mode)
+    try:
+        spec = encoder_spec(cfg, name)
+    except UserError:
+        raise UserError(f"params.yaml: train.text_encoder = {name!r} is neither {BIGRU!r} nor under "
+                        "features.text.encoders; name one of those") from None
+    model_dir, _ = resolve_model_dir(spec, name)
+    return TextEncoderSpec(name, mode, feature_dim=None if mode == "finetune" else _model_width(model_dir),
+                           model_dir=str(model_dir))
+
+
+def text_store_words(cfg: dict[str, Any], dataset: str, split: str, dataset_json: dict[str, Any],
+                     rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached word-piece features of a split's captions (some rows, sorted; all when None) -> (features
+    [n, L, D] float16 without [CLS]/[SEP], word pieces per caption [n]), checked against the params and dataset."""
+    name = text_encoder_name(cfg)
+    path = text_store_dir(dataset, name) / f"{split}.h5"
+    fix = f"re-run `fga features text-encode --dataset {dataset} --encoder {name}`"
+    if not path.exists():
+        raise UserError(f"{path} not found; train.text_encoder = {name} reads it: run "
+                        f"`fga features text-encode --dataset {dataset} --encoder {name}`")
+    _, caption_images = caption_rows(dataset_json, split)
+    sel: Any = slice(None) if rows is None else np.asarray(sorted(rows), dtype=np.int64)
+    f = open_text_store(path, text_feature_hash(cfg, dataset, name))
+    try:
+        if len(f["image_id"]) != len(caption_images) or not np.array_equal(f["image_id"][:], caption_images):
+            raise UserError(f"{path}: its captions differ from data/{dataset}/dataset.json; {fix}")
+        tokens, mask = f["tokens"][sel], f["mask"][sel]
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable HDF5 ({exc}); delete it and {fix}") from None
+    finally:
+        f.close()
+    return strip_special_tokens(tokens, mask)
+
+
+def strip_special_tokens(tokens: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-store rows ([CLS] at 0, [SEP] at the last real index) -> (word pieces only, left-aligned, zero-padded
+    [n, L', D]; their counts [n]). A caption with no word piece keeps its [SEP] as its one token."""
+    lengths = np.maximum(mask.sum(axis=1).astype(np.int64) - 2, 1)
+    width = int(lengths.max()) if len(lengths) else 1
+    out = np.array(tokens[:, 1 : 1 + width], dtype=np.float16)
+    out[np.arange(width)[None, :] >= lengths[:, None]] = 0
+    return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def split_texts(cfg: dict[str, Any], dataset: str, backbone: str, split: str, dataset_json: dict[str, Any],
+                rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's captions (some rows, sorted; all when None) as the run's text encoder takes them: (tokens, lengths)."""
+    name = text_encoder_name(cfg)
+    if name != BIGRU and not is_finetune(cfg):
+        return text_store_words(cfg, dataset, split, dataset_json, rows)
+    _, captions = split_captions(dataset_json, split)
+    if rows is not None:
+        captions = [captions[j] for j in sorted(rows)]
+    return caption_tokens(cfg, captions, paths(dataset, backbone)["vocab"])
+
+
 def vocab_size(dataset: str, backbone: str) -> int:
     return len(load_vocab(paths(dataset, backbone)["vocab"]))
 
 
 def caption_tokens(cfg: dict[str, Any], captions: list[str], vocab_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Captions -> (tokens [n, L] int64, lengths [n]) with the dataset's train vocabulary."""
-    tokens, lengths = encode_captions(captions, load_vocab(vocab_path), cfg["features"]["text"]["max_words"])
-    return torch.from_numpy(tokens), torch.from_numpy(lengths)
+    """Any captions -> (tokens, lengths) as the run's text encoder takes them: ids of the dataset's train vocabulary
+    (`vocab_path`, the BiGRU), word-piece ids (finetune), or word-piece features the transformer computes now
+    (frozen_features: what its text store holds for a split's captions, used for captions no store holds)."""
+    name = text_encoder_name(cfg)
+    if name == BIGRU:
+        tokens, lengths = encode_captions(captions, load_vocab(vocab_path), cfg["features"]["text"]["max_words"])
+        return torch.from_numpy(tokens), torch.from_numpy(lengths)
+    spec = text_encoder_spec(cfg)
+    if spec.runs_transformer:
+        ids, lengths = word_piece_ids(load_tokenizer(spec.model_dir), captions, max_pieces(cfg, name))
+        return torch.from_numpy(ids), torch.from_numpy(lengths)
+    encoder = TextEncoder(spec.model_dir, encoder_max_words(cfg, name))
+    bs = int(encoder_spec(cfg, name).get("batch_size") or cfg["features"]["batch_size"])
+    parts = [strip_special_tokens(*encoder.encode(captions[a : a + bs])) for a in range(0, len(captions), bs)]
+    width = max(int(t.shape[1]) for t, _ in parts)
+    tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t, _ in parts])
+    return tokens, torch.cat([n for _, n in parts])
+
+
+def caption_pieces(cfg: dict[str, Any], captions: list[str]) -> list[list[str]] | None:
+    """The word pieces a transformer text encoder sees in each caption ([CLS]/[SEP] dropped, as it gets them);
+    None for the BiGRU (its words come from the vocabulary)."""
+    name = text_encoder_name(cfg)
+    if name == BIGRU:
+        return None
+    tokenizer = load_tokenizer(text_encoder_spec(cfg).model_dir)
+    return [tokenizer.tokenize(c)[: max_pieces(cfg, name)] or [tokenizer.unk_token] for c in captions]
 
 
 def load_split(cfg: dict[str, Any], dataset: str, backbone: str, split: str) -> SplitInputs:
     """A split's regions from the feature store (checked against the current feature params) and its captions."""
     p = paths(dataset, backbone)
     store = read_store(p["features"] / f"{split}.h5", expect_hash=feature_hash(cfg, dataset, backbone))
-    image_ids, captions = split_captions(read_json(p["dataset_json"], "dataset.json"), split)
+    ds = read_json(p["dataset_json"], "dataset.json")
+    image_ids, _ = split_captions(ds, split)
     if list(store.image_id) != image_ids:
         raise UserError(f"{p['features'] / f'{split}.h5'}: image ids differ from {p['dataset_json']}; re-run `fga features extract`")
-    tokens, lengths = caption_tokens(cfg, captions, p["vocab"])
+    tokens, lengths = split_texts(cfg, dataset, backbone, split, ds)
     return SplitInputs(torch.from_numpy(store.regions), torch.from_numpy(store.mask), tokens, lengths, image_ids,
                        store.attrs)
 
@@ -77,10 +187,11 @@ def caption_inputs(cfg: dict[str, Any], dataset: str, backbone: str, split: str,
                    mask: torch.Tensor, attrs: dict[str, Any]) -> SplitInputs:
     """A split's captions (as `load_split` reads them) around regions computed elsewhere (finetune mode)."""
     p = paths(dataset, backbone)
-    image_ids, captions = split_captions(read_json(p["dataset_json"], "dataset.json"), split)
+    ds = read_json(p["dataset_json"], "dataset.json")
+    image_ids, _ = split_captions(ds, split)
     if not image_ids:
         raise UserError(f"{p['dataset_json']}: no {split!r} images")
-    tokens, lengths = caption_tokens(cfg, captions, p["vocab"])
+    tokens, lengths = split_texts(cfg, dataset, backbone, split, ds)
     return SplitInputs(regions, mask, tokens, lengths, image_ids, {"dataset": dataset, "backbone": backbone, **attrs})
 
 

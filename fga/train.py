@@ -17,10 +17,13 @@ Modes (`train.mode`). `frozen_features` (default) reads region features from the
 `train.backbone_lr_scale` x lr, with RandomResizedCrop + flip for training images
 (fga/finetune.py). The only difference between the modes is the *region source* that turns a
 batch's image indices into regions + mask (`StoreRegions` here, `fga.finetune.BackboneRegions`);
-the loop, the loss, checkpointing and DDP are shared. `train.token_perturb` (per mode: 0.2 in
-finetune, the LAPS setting; 0.0 in frozen_features, the CPU default's setting) replaces each word token of
-a training caption, with that probability, by <unk> (id 1), a random word id, or drops it, with
-equal chance.
+the loop, the loss, checkpointing and DDP are shared. The caption side follows `train.text_encoder`
+(fga.models.text_encoder): the BiGRU over vocabulary ids (default), a transformer's cached word-piece
+features (frozen_features), or a transformer trained in the model (finetune; its parameters join the
+backbone's AdamW group). `train.token_perturb` (per mode: 0.2 in finetune, the LAPS setting; 0.0 in
+frozen_features, the CPU default's setting) replaces each token of a training caption, with that
+probability, by <unk> (id 1; [MASK] for word pieces), a random word (piece), or drops it, with equal
+chance (fga.batches.perturb_tokens); cached transformer features have no ids to perturb (rate 0 there).
 
 Checkpoints and exact resume (fga.checkpoint). After every epoch (rank 0, after validation)
 `last.pt` is written atomically with the model, region source (backbone), optimizer, scheduler,
@@ -66,7 +69,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fga.batches import Batching, load_batches, token_perturb_rate
+from fga.batches import Batching, TokenNoise, load_batches, token_perturb_rate
 from fga.checkpoint import (CHECKPOINT_FILE, RESUME_FILE, load_resume_state, remove_partial_saves, save_checkpoint,
                             save_resume_state)
 from fga.device import Precision, make_deterministic
@@ -76,8 +79,11 @@ from fga.errors import UserError
 from fga.evaluate.recall import rank_metrics
 from fga.evaluate.similarity import similarity_matrix
 from fga.finetune import finetune_sources
-from fga.inputs import SplitInputs, caption_inputs, caps_per_image, load_split, vocab_size
+from fga.features.text import load_tokenizer
+from fga.inputs import (SplitInputs, caption_inputs, caps_per_image, load_split, text_encoder_name, text_encoder_spec,
+                        vocab_size)
 from fga.models.base import RetrievalModel
+from fga.models.text_encoder import backbone_parameters
 from fga.rng import capture_rng, restore_rng, seed_everything
 from fga.runs import build_for, run_hash, run_params
 
@@ -92,6 +98,7 @@ def train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: i
     mode = tc.get("mode", "frozen_features")
     if mode not in MODES:
         raise UserError(f"train.mode = {mode!r}; allowed: {', '.join(MODES)}")
+    text_encoder_spec(cfg)  # a bad train.text_encoder / model_dir fails before anything is loaded
     torch.set_num_threads(tc.get("threads", 1))
     ctx, device = DistContext.from_env(tc.get("device", "auto"))
     try:
@@ -128,7 +135,7 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
 
     meta = {"run_hash": key, "dataset": dataset, "backbone": backbone, "method": method, "seed": seed,
             "best": progress.best, "history": progress.history, "img_dim": inputs.img_dim, "mode": mode,
-            "world_size": ctx.world, "rank": ctx.rank}
+            "text_encoder": text_encoder_name(cfg), "world_size": ctx.world, "rank": ctx.rank}
     if ctx.main:
         save_checkpoint(run_dir / CHECKPOINT_FILE, progress.best_model or {}, progress.best_source,
                         checkpoint_meta(meta, run_params(cfg, dataset, backbone, method, seed)))
@@ -190,11 +197,20 @@ def finetune_inputs(cfg: dict[str, Any], dataset: str, backbone: str) -> Inputs:
     return Inputs(train_data, sources["train"], val, net.feature_dim)
 
 
+def token_noise(cfg: dict[str, Any], dataset: str, backbone: str) -> TokenNoise:
+    """What caption perturbation writes for the run's text encoder: vocabulary words or the tokenizer's word pieces."""
+    spec = text_encoder_spec(cfg)
+    if spec.runs_transformer:
+        return TokenNoise.word_pieces(load_tokenizer(spec.model_dir))
+    return TokenNoise.words(vocab_size(dataset, backbone))
+
+
 def batching_for(cfg: dict[str, Any], dataset: str, backbone: str, mode: str, inputs: Inputs, seed: int,
                  ctx: DistContext) -> Batching:
     p_tok = token_perturb_rate(cfg["train"], mode)
+    noise = token_noise(cfg, dataset, backbone) if p_tok > 0 and inputs.train.tokens.dim() == 2 else 0
     return Batching.for_run(inputs.train, cfg["train"], seed, ctx.rank, ctx.world, getattr(inputs.source, "augments", False),
-                            p_tok, vocab_size(dataset, backbone) if p_tok > 0 else 0)
+                            p_tok, noise)
 
 
 # ----------------------------------------------------------------------------------------- one step
@@ -267,10 +283,13 @@ def build_learner(cfg: dict[str, Any], method: str, dataset: str, backbone: str,
     if ctx.world > 1 and not ctx.main:  # decorrelate model-internal noise across ranks (rank 0 = one process)
         torch.manual_seed(seed * 1_000_003 + ctx.rank)
     model, source = step.model, step.source
-    groups = [{"params": list(model.parameters())}]
-    source_params = list(source.parameters())
-    if source_params:
-        groups.append({"params": source_params, "lr": tc["lr"] * tc.get("backbone_lr_scale", 0.1)})
+    # the backbones (the visual one of the region source, a text transformer trained in the model) share one group
+    text_backbone = dict(backbone_parameters(model))
+    in_text_backbone = {id(p) for p in text_backbone.values()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in in_text_backbone]}]
+    backbone_params = list(source.parameters()) + list(text_backbone.values())
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": tc["lr"] * tc.get("backbone_lr_scale", 0.1)})
     opt = torch.optim.AdamW(groups, lr=tc["lr"], weight_decay=tc["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=tc.get("lr_milestones", []), gamma=tc["lr_gamma"])
     # the losses are sums over the batch, so their gradients overflow fp16 at GradScaler's default scale

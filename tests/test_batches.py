@@ -45,8 +45,8 @@ def captions_split(n_images: int = 6, caps: int = 5) -> SplitInputs:
 
 def test_rank_slices_make_up_the_one_process_batch():
     data, tc = captions_split(), {"batch_size": 8}
-    one = Batching.for_run(data, tc, seed=3, rank=0, world=1, augments=True, token_perturb=0.3, vocab_size=40)
-    ranks = [Batching.for_run(data, tc, seed=3, rank=r, world=2, augments=True, token_perturb=0.3, vocab_size=40)
+    one = Batching.for_run(data, tc, seed=3, rank=0, world=1, augments=True, token_perturb=0.3, noise=40)
+    ranks = [Batching.for_run(data, tc, seed=3, rank=r, world=2, augments=True, token_perturb=0.3, noise=40)
              for r in (0, 1)]
     plans = one.plan_epoch(1)
     assert len(plans) == 30 // 8 and one.plan_epoch(0)[0].cap_idx.tolist() != plans[0].cap_idx.tolist()
@@ -61,4 +61,4 @@ def test_rank_slices_make_up_the_one_process_batch():
         assert torch.equal(torch.cat([p.img_idx for p in rank_plans]), plan.img_idx)
         assert torch.equal(torch.cat([p.aug for p in rank_plans]), plan.aug)
     with pytest.raises(UserError, match="multiple of 3"):
-        Batching.for_run(data, tc, seed=3, rank=0, world=3, augments=False, token_perturb=0.0, vocab_size=0)
+        Batching.for_run(data, tc, seed=3, rank=0, world=3, augments=False, token_perturb=0.0, noise=0)

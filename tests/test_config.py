@@ -36,6 +36,37 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     assert cfg["train"]["epochs"] == 2 and cfg["grid"]["seeds"] == [3, 4] and cfg["train"]["device"] == "cpu"
 
 
+def test_overlays_merge_in_order_below_set_overrides(tmp_path):
+    params = write(tmp_path, default())
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("train: {epochs: 7, batch_size: 32}\ngrid: {seeds: [5]}\n")
+    second.write_text("train: {epochs: 9}\n")
+    cfg = load_params(params, ["train.batch_size=16"], [first, second])
+    assert cfg["train"]["epochs"] == 9 and cfg["train"]["batch_size"] == 16 and cfg["grid"]["seeds"] == [5]
+    assert cfg["train"]["lr"] == default()["train"]["lr"]  # keys no layer sets keep the params file's value
+
+
+def test_overlay_errors_name_the_overlay(tmp_path):
+    params = write(tmp_path, default())
+    bad_value, not_yaml = tmp_path / "bad.yaml", tmp_path / "broken.yaml"
+    bad_value.write_text("train: {epochs: many}\n")
+    not_yaml.write_text("train: [epochs\n")
+    with pytest.raises(UserError, match=r"^.*bad\.yaml: .*epochs"):
+        load_params(params, [], [bad_value])
+    with pytest.raises(UserError, match=r"broken\.yaml: not valid YAML"):
+        load_params(params, [], [not_yaml])
+    with pytest.raises(UserError, match=r"missing\.yaml: overlay \(--configfile\) not found"):
+        load_params(params, [], [tmp_path / "missing.yaml"])
+
+
+def test_cli_takes_overlays_like_snakemake(tmp_path):
+    params = write(tmp_path, default())
+    (tmp_path / "o.yaml").write_text("train: {epochs: many}\n")
+    out = subprocess.run([sys.executable, "-m", "fga", "report", "--params", str(params), "--configfile",
+                          str(tmp_path / "o.yaml")], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "o.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_override_does_not_mutate_input():
     cfg = {"a": {"b": 1}}
     assert apply_overrides(cfg, ["a.b=2"])["a"]["b"] == 2 and cfg["a"]["b"] == 1

@@ -270,7 +270,7 @@ def test_faithfulness_table_matches_signature():
             else:
                 assert str(actual) == default, (opt, actual, default)
             covered.add(opt)
-    internal = {"word_dim", "sim_chunk_elems"}  # pipeline plumbing, not method choices
+    internal = {"word_dim", "sim_chunk_elems", "text_encoder"}  # pipeline plumbing (text_encoder: train.text_encoder)
     assert names - covered - internal == set()
 
 

@@ -54,7 +54,7 @@ def test_params_yaml_states_every_grm_option():
     """Every reconstructed GRM choice is a named option in params.yaml with its default (the issue's rule)."""
     section = yaml.safe_load(PARAMS.read_text())["methods"]["grm"]
     options = [n for n in inspect.signature(GRM.__init__).parameters
-               if n not in ("self", "img_dim", "vocab_size", "_", "sim_chunk_elems")]
+               if n not in ("self", "img_dim", "vocab_size", "_", "sim_chunk_elems", "text_encoder")]
     assert sorted(set(options) - set(section)) == []
     # defaults in params.yaml equal the constructor's, except the CPU-sized embedding
     defaults = {n: p.default for n, p in inspect.signature(GRM.__init__).parameters.items()}

@@ -156,6 +156,25 @@ def test_every_snakemake_job_has_its_dvc_stage(tmp_path):
     assert not problems, "Snakefile and dvc.yaml disagree:\n  " + "\n  ".join(problems)
 
 
+def test_a_frozen_transformer_text_encoder_adds_text_encode_jobs_and_stages(tmp_path):
+    """train.text_encoder: minilm (frozen_features) pulls its text stores into the DAG (text_encode, before the runs
+    that read them); listed under features.text.stores, dvc.yaml's text_encode stage runs the same commands. The
+    default (bigru) has neither (test_every_snakemake_job_has_its_dvc_stage)."""
+    declarations(tmp_path)
+    params = (tmp_path / "params.yaml").read_text()
+    assert "  text_encoder: bigru\n" in params and "    stores: []\n" in params
+    (tmp_path / "params.yaml").write_text(params.replace("  text_encoder: bigru\n", "  text_encoder: minilm\n")
+                                          .replace("    stores: []\n", "    stores: [minilm]\n"))
+    jobs = snakemake_jobs(tmp_path)
+    datasets = yaml.safe_load(params)["grid"]["datasets"]
+    encoded = [j["outputs"] for j in jobs if j["rule"] == "text_encode"]
+    assert sorted(map(sorted, encoded)) == [[f"features/{d}/text_minilm/{s}.h5" for s in ("test", "train", "val")]
+                                            for d in sorted(datasets)]
+    problems, not_run = disagreements(jobs, dvc_stages(tmp_path))
+    problems += [f"dvc.yaml stage no Snakemake job runs: {s['name']}" for s in not_run]
+    assert not problems, "Snakefile and dvc.yaml disagree:\n  " + "\n  ".join(problems)
+
+
 def test_every_grm_sweeps_job_has_its_dvc_stage(tmp_path):
     """`snakemake grm_sweeps` and the linked sweeps/dvc.yaml (with dvc.yaml's stages for the runs they share)
     make the same runs with the same commands and outputs; every sweep stage is one of its jobs."""

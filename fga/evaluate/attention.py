@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from fga.errors import UserError
 from fga.features.text import PAD, UNK, load_vocab, split_captions, tokenize
-from fga.inputs import SplitInputs, caps_per_image
+from fga.inputs import SplitInputs, caption_pieces, caps_per_image
 from fga.io import read_json
 from fga.models.base import RetrievalModel
 from fga.models.registry import arch_name
@@ -187,8 +187,10 @@ def _round(x: torch.Tensor | list, digits: int = 6) -> Any:
 
 
 def grm_maps(model: RetrievalModel, data: SplitInputs, captions: list[str], vocab: dict[str, int], n: int,
-             instances: Path | None = None, boxes: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Maps of the first n images of a split with their first caption (`captions` in split order)."""
+             instances: Path | None = None, boxes: np.ndarray | None = None,
+             pieces: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    """Maps of the first n images of a split with their first caption (`captions` in split order; `pieces`: their
+    word pieces, for a transformer text encoder, else words are decoded with `vocab`)."""
     n = min(n, data.n_images)
     if n == 0:
         return []
@@ -218,7 +220,8 @@ def grm_maps(model: RetrievalModel, data: SplitInputs, captions: list[str], voca
         item: dict[str, Any] = {
             "image_id": image_id,
             "caption": caption,
-            "words": decode_words(tokens[i, : int(lengths[i])].tolist(), id_to_word, caption),
+            "words": (pieces[rows[i]] if pieces is not None
+                      else decode_words(tokens[i, : int(lengths[i])].tolist(), id_to_word, caption)),
             "regions": regions,
             "attention": _round(t["attention"]),
             "cosine": _round(t["cosine"]),
@@ -254,11 +257,12 @@ def attention_record(cfg: dict[str, Any], dataset: str, method: str, model: Retr
         return record
     data_dir = Path("data") / dataset
     _, captions = split_captions(read_json(data_dir / "dataset.json", "dataset.json"), split)
-    vocab = load_vocab(Path("features") / dataset / "vocab.json")
+    pieces = caption_pieces(cfg, captions)  # a transformer text encoder's word pieces; None: vocabulary words
+    vocab = load_vocab(Path("features") / dataset / "vocab.json") if pieces is None else {PAD: 0}
     if PAD not in vocab:
         raise UserError(f"features/{dataset}/vocab.json: no {PAD!r} entry; re-run `fga features text`")
     boxes = store_boxes(store, min(n, data.n_images)) if store is not None else None
-    record["maps"] = grm_maps(model, data, captions, vocab, n, data_dir / "instances.json", boxes)
+    record["maps"] = grm_maps(model, data, captions, vocab, n, data_dir / "instances.json", boxes, pieces)
     record.update({"level": LEVEL, "temperature": TEMPERATURE})
     if not record["maps"]:
         record["reason"] = f"the {split} split has no images"

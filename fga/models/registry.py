@@ -17,6 +17,7 @@ from typing import Any
 from fga.config import resolve_methods
 from fga.errors import UserError
 from fga.models.base import RetrievalModel
+from fga.models.text_encoder import TextEncoderSpec
 
 # name -> "module:Class"; modules are imported only when their method is built.
 METHODS: dict[str, str] = {
@@ -63,11 +64,13 @@ def method_options(arch: str) -> list[str]:
     """The constructor options a params.yaml section may set for `arch`."""
     sig = inspect.signature(model_class(arch).__init__)
     return [p.name for p in sig.parameters.values()
-            if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "img_dim", "vocab_size")]
+            if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in ("self", "img_dim", "vocab_size", "text_encoder")]
 
 
-def build_model(name: str, cfg: dict[str, Any], *, img_dim: int, vocab_size: int) -> RetrievalModel:
-    """Instantiate method `name` from its params.yaml section `cfg` (unknown options are refused)."""
+def build_model(name: str, cfg: dict[str, Any], *, img_dim: int, vocab_size: int,
+                text_encoder: TextEncoderSpec | None = None) -> RetrievalModel:
+    """Instantiate method `name` from its params.yaml section `cfg` (unknown options are refused), its captions
+    encoded by `text_encoder` (None: the BiGRU over `vocab_size` words)."""
     cfg = dict(cfg)
     arch = cfg.pop("arch", name)
     allowed = method_options(arch)
@@ -75,6 +78,6 @@ def build_model(name: str, cfg: dict[str, Any], *, img_dim: int, vocab_size: int
     if unknown:
         raise UserError(f"params.yaml: unknown key methods.{name}.{unknown[0]} for {arch}; allowed: {', '.join(allowed)}")
     try:
-        return model_class(arch)(img_dim=img_dim, vocab_size=vocab_size, **cfg)
+        return model_class(arch)(img_dim=img_dim, vocab_size=vocab_size, text_encoder=text_encoder, **cfg)
     except ValueError as exc:
         raise UserError(f"params.yaml: methods.{name}: {exc}") from None

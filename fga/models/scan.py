@@ -30,7 +30,7 @@ from torch import nn
 
 from fga.losses import hinge_triplet
 from fga.models.base import Encoded, RetrievalModel
-from fga.models.text_encoder import BiGRUTextEncoder, length_mask
+from fga.models.text_encoder import TextEncoderSpec, build_text_encoder, length_mask
 
 _EPS = 1e-8
 # On a CPU a block is scored in tiles of at most this many scores (~4 MB per float32 temporary): the
@@ -49,7 +49,8 @@ class SCAN(RetrievalModel):
     def __init__(self, img_dim: int, vocab_size: int, embed_dim: int = 1024, word_dim: int = 300,
                  margin: float = 0.2, warmup_epochs: int = 1, direction: str = "t2i",
                  lambda_softmax: float | None = None, agg: str | None = None, lambda_lse: float = 6.0,
-                 attn_norm: str = "clipped_l2norm", sim_chunk_elems: int = 2 ** 22, **_: object):
+                 attn_norm: str = "clipped_l2norm", sim_chunk_elems: int = 2 ** 22,
+                 text_encoder: TextEncoderSpec | None = None, **_: object):
         super().__init__()
         if direction not in ("t2i", "i2t"):
             raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
@@ -61,7 +62,7 @@ class SCAN(RetrievalModel):
         self.fc = nn.Linear(img_dim, embed_dim)
         nn.init.xavier_uniform_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
-        self.txt = BiGRUTextEncoder(vocab_size, word_dim, embed_dim)
+        self.txt = build_text_encoder(text_encoder, vocab_size=vocab_size, word_dim=word_dim, embed_dim=embed_dim)
         self.direction, self.agg, self.lambda_lse, self.attn_norm = direction, agg, float(lambda_lse), attn_norm
         if lambda_softmax is None:
             lambda_softmax = 9.0 if direction == "t2i" else 4.0

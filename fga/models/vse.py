@@ -12,7 +12,7 @@ from torch import nn
 
 from fga.losses import hinge_triplet
 from fga.models.base import Encoded, RetrievalModel
-from fga.models.text_encoder import BiGRUTextEncoder, length_mask
+from fga.models.text_encoder import TextEncoderSpec, build_text_encoder, length_mask
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -23,10 +23,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class VSEMean(RetrievalModel):
     def __init__(self, img_dim: int, vocab_size: int, embed_dim: int = 512, word_dim: int = 300,
-                 margin: float = 0.2, warmup_epochs: int = 1, **_: object):
+                 margin: float = 0.2, warmup_epochs: int = 1,
+                 text_encoder: TextEncoderSpec | None = None, **_: object):
         super().__init__()
         self.img_proj = nn.Sequential(nn.Linear(img_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
-        self.txt = BiGRUTextEncoder(vocab_size, word_dim, embed_dim)
+        self.txt = build_text_encoder(text_encoder, vocab_size=vocab_size, word_dim=word_dim, embed_dim=embed_dim)
         self.margin = margin
         self.warmup_epochs = warmup_epochs
 

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fga.losses import hinge_triplet
 from fga.models.base import Encoded, RetrievalModel
-from fga.models.text_encoder import BiGRUTextEncoder, length_mask
+from fga.models.text_encoder import TextEncoderSpec, build_text_encoder, length_mask
 
 
 def positional_encoding(length: int, dim: int, device=None) -> torch.Tensor:
@@ -75,7 +75,8 @@ class GPO(nn.Module):
 class VSEInfinity(RetrievalModel):
     def __init__(self, img_dim: int, vocab_size: int, embed_dim: int = 1024, word_dim: int = 300,
                  margin: float = 0.2, warmup_epochs: int = 1, mlp_residual: bool = True,
-                 gpo_d_pe: int = 32, gpo_d_hidden: int = 32, size_augment: float = 0.0, **_: object):
+                 gpo_d_pe: int = 32, gpo_d_hidden: int = 32, size_augment: float = 0.0,
+                 text_encoder: TextEncoderSpec | None = None, **_: object):
         super().__init__()
         self.fc = nn.Linear(img_dim, embed_dim)
         nn.init.xavier_uniform_(self.fc.weight)
@@ -83,7 +84,7 @@ class VSEInfinity(RetrievalModel):
         self.mlp = (nn.Sequential(nn.Linear(img_dim, embed_dim // 2), nn.BatchNorm1d(embed_dim // 2), nn.ReLU(),
                                   nn.Linear(embed_dim // 2, embed_dim)) if mlp_residual else None)
         self.img_gpo = GPO(gpo_d_pe, gpo_d_hidden)
-        self.txt = BiGRUTextEncoder(vocab_size, word_dim, embed_dim)
+        self.txt = build_text_encoder(text_encoder, vocab_size=vocab_size, word_dim=word_dim, embed_dim=embed_dim)
         self.txt_gpo = GPO(gpo_d_pe, gpo_d_hidden)
         if not 0.0 <= size_augment < 1.0:
             raise ValueError(f"size_augment must be in [0, 1), got {size_augment}")

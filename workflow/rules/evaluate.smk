@@ -13,6 +13,7 @@ rule evaluate:
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
         vocab="features/{dataset}/vocab.json",
         bank=qbnorm_bank_of,
+        text=lambda w: text_store_of(EVAL_SPLIT, *(["train"] if qbnorm_bank_of(w) else []))(w),
     output:
         metrics=f"{RESULTS}/{RUN}/metrics.json",
         ranks=f"{RESULTS}/{RUN}/ranks.npz",
@@ -97,6 +98,7 @@ rule robustness:
         checkpoint=f"{RUNS}/{RUN}/checkpoint.safetensors",
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
         vocab="features/{dataset}/vocab.json",
+        text=text_store_of(EVAL_SPLIT),
         instances="data/{dataset}/instances.json",
         distractors=distractor_features_of,
         # the evaluate stage's saved matrix is reused when there is one

@@ -7,7 +7,8 @@ rule vocabulary:
     params:
         fga=FGA,
         common=COMMON,
-        text=config["features"]["text"],
+        # the vocabulary's own settings (not the transformer encoders')
+        text={k: v for k, v in config["features"]["text"].items() if k not in ("encoders", "stores")},
     log:
         "logs/features/{dataset}/vocab.log",
     benchmark:
@@ -20,6 +21,54 @@ rule vocabulary:
         "../envs/fga.yaml"
     shell:
         "{params.fga} features text --dataset {wildcards.dataset} {params.common} > {log} 2>&1"
+
+
+def text_store_name():
+    """The text encoder whose cached word-piece features a run reads (train.text_encoder, a transformer, in
+    frozen_features mode; fga.inputs.text_encoder_name), else None: the BiGRU reads vocab.json, finetune the
+    captions themselves."""
+    name = config["train"].get("text_encoder") or "bigru"
+    frozen = config["train"].get("mode", "frozen_features") == "frozen_features"
+    return name if name != "bigru" and frozen else None
+
+
+def text_store_of(*splits):
+    """Input function: the run's text-store files of `splits` (none with the BiGRU, the default)."""
+
+    def files(w):
+        name = text_store_name()
+        return [f"features/{w.dataset}/text_{name}/{split}.h5" for split in splits] if name else []
+
+    return files
+
+
+# features/<dataset>/text_<encoder>/ is a text store, not a backbone's region store
+ruleorder: text_encode > extract_features
+
+
+rule text_encode:
+    """Pretrained transformer -> last hidden state of every caption word piece of every split (frozen_features)."""
+    input:
+        "data/{dataset}/dataset.json",
+    output:
+        expand("features/{{dataset}}/text_{{encoder}}/{split}.h5", split=SPLITS),
+    params:
+        fga=FGA,
+        common=COMMON,
+        encoder=lambda w: config["features"]["text"].get("encoders", {}).get(w.encoder),
+    log:
+        "logs/features/{dataset}/text_{encoder}.log",
+    benchmark:
+        "benchmarks/logs/features/{dataset}/text_{encoder}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/fga.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} {params.fga} features text-encode --dataset {wildcards.dataset} "
+        "--encoder {wildcards.encoder} {params.common} > {log} 2>&1"
 
 
 rule extract_features:

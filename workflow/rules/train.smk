@@ -5,12 +5,15 @@ rule train:
         train="features/{dataset}/{backbone}/train.h5",
         val="features/{dataset}/{backbone}/val.h5",
         vocab="features/{dataset}/vocab.json",
+        text=text_store_of("train", "val"),  # train.text_encoder's cached word pieces (none with the BiGRU)
     output:
         f"{RUNS}/{RUN}/checkpoint.safetensors",
     params:
         fga=FGA,
         common=COMMON,
-        train=config["train"],
+        # the default caption encoder leaves the params (and the rerun trigger) as they were before it was a key
+        # (fga.runs.run_params drops it alike)
+        train={k: v for k, v in config["train"].items() if (k, v) != ("text_encoder", "bigru")},
         method=lambda w: config["methods"].get(w.method, {}),  # variants resolved (common.smk)
     log:
         f"{LOGS}/train/{RUN}.log",

@@ -3,7 +3,8 @@
 docs/grm.md §1 module by module, on frozen region/grid features and a BiGRU caption encoder:
 
     V     = W_v regions                        [B, L_v, d]   (§1.1; the paper fine-tunes ViT/Swin)
-    T     = BiGRU(words)                       [B, L_t, d]   (§1.1; the paper fine-tunes BERT)
+    T     = TextEncoder(words)                 [B, L_t, d]   (§1.1; train.text_encoder: BiGRU by default; the paper
+                                                             fine-tunes BERT: bert_base in finetune mode)
     V_hat, A_V = SA(V);  T_hat, A_T = GA(T)                  (§1.2, saliency.py)
     mu, A_r, A_hat = RP(V_hat)                               (§1.3, region_prompt.py)
     U, log sigma^2 = UM(mu, A_hat)                           (§1.4, uncertainty.py)
@@ -31,7 +32,7 @@ from fga.models.grm.region_prompt import RegionPrompting
 from fga.models.grm.saliency import TokenSaliencyAdapter
 from fga.models.grm.similarity import COMBINES, pair_token_similarity, token_similarity, token_similarity_multi
 from fga.models.grm.uncertainty import RegionUncertainty
-from fga.models.text_encoder import BiGRUTextEncoder, length_mask
+from fga.models.text_encoder import TextEncoderSpec, build_text_encoder, length_mask
 
 LEVELS = ("ori", "key", "unc")
 
@@ -225,7 +226,8 @@ class GRM(RetrievalModel):
                  recon_form: str = "mse", kl_form: str = "full", ent_form: str = "mi",
                  kl_reduction: str = "mean", sigma_max: float | None = 0.25, logvar_init: float | None = None,
                  lambda_recon: float = 1.0, lambda_kl: float = 0.01, lambda_ent: float = 0.1,
-                 lambda_div: float = 0.0, use_reg: bool = True, sim_chunk_elems: int = 2 ** 24, **_: object):
+                 lambda_div: float = 0.0, use_reg: bool = True, sim_chunk_elems: int = 2 ** 24,
+                 text_encoder: TextEncoderSpec | None = None, **_: object):
         super().__init__()
         if sim_combine not in COMBINES:
             raise ValueError(f"sim_combine must be one of {COMBINES}, got {sim_combine!r}")
@@ -244,7 +246,7 @@ class GRM(RetrievalModel):
                 raise ValueError(f"{name} must be one of {ok}, got {form!r}")
 
         self.img_proj = nn.Linear(img_dim, embed_dim)
-        self.txt = BiGRUTextEncoder(vocab_size, word_dim, embed_dim)
+        self.txt = build_text_encoder(text_encoder, vocab_size=vocab_size, word_dim=word_dim, embed_dim=embed_dim)
         adapter = dict(hidden=adapter_hidden or embed_dim // 2, activation=adapter_activation, tau=gumbel_tau,
                        hard=gumbel_hard, eval_mode=saliency_eval)
         self.sa = TokenSaliencyAdapter(embed_dim, **adapter) if use_saliency and use_visual_adapter else None
