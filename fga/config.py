@@ -197,11 +197,12 @@ def schema_problem(cfg: dict[str, Any]) -> tuple[list[Any], str] | None:
     return path, f"{where} = {err.instance!r} is invalid ({err.message}){hint}"
 
 
-def validate(cfg: dict[str, Any], source: str = "params.yaml") -> None:
-    """Validate against the JSON schema; the first error becomes one line naming the key and what is allowed."""
+def validate_layers(cfg: dict[str, Any], layers: list[tuple[str, Any]]) -> None:
+    """Validate the merged `cfg` against the JSON schema; the first error becomes one line naming the layer that set
+    the offending key (`source_of`) and what is allowed."""
     problem = schema_problem(cfg)
     if problem is not None:
-        raise UserError(f"{source}: {problem[1]}")
+        raise UserError(f"{source_of(problem[0], layers)}: {problem[1]}")
 
 
 def _depth(data: Any, path: list[Any]) -> int:
@@ -318,9 +319,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         layers.append((str(overlay), layer))
         cfg = merged(cfg, layer)
     cfg = apply_overrides(cfg, overrides or [])
-    problem = schema_problem(cfg)
-    if problem is not None:
-        raise UserError(f"{source_of(problem[0], layers) if len(layers) > 1 else path}: {problem[1]}")
+    validate_layers(cfg, layers)
     return resolve_methods(cfg, ", ".join(name for name, _ in layers))
 
 
@@ -350,9 +349,7 @@ def snakemake_config(config: dict[str, Any], params_files: Iterable[str | Path],
     cli = typed_config(dict(cli_values))
     cfg = merged(config, cli)
     layers = [(_display(p), _read_layer(Path(p))) for p in [*params_files, *overlays]] + [(CLI_CONFIG, cli)]
-    problem = schema_problem(cfg)
-    if problem is not None:
-        raise UserError(f"{source_of(problem[0], layers)}: {problem[1]}")
+    validate_layers(cfg, layers)
     return resolve_methods(cfg, ", ".join(name for name, _ in layers if name != CLI_CONFIG))
 
 
