@@ -14,6 +14,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="[a-z0-9_]+",
     backbone="[A-Za-z0-9_]+",
+    text="[A-Za-z0-9_]+",
     method="[a-z0-9_]+",
     seed=r"\d+",
 
@@ -39,10 +40,26 @@ rule all:
 # nothing (part of the grid may be stale), nor does a run with nothing to do. Snakemake also counts the
 # wildcard-free rules of --forcerun and --prioritize as targets (`--forcerun report`: all and report), so the
 # test is that `all` is among them; --until and --omit-from take it out.
+#
+# First, whatever the targets: the jobs keep their MLflow runs on disk (--defer-tracking in COMMON) and the end of
+# every run logs them (`fga tracking sync`); onerror does the same, so the runs of the jobs that finished are in
+# MLflow even when another job failed. Nothing kept costs a directory listing. A sync that fails (tracking server
+# down) says so in one line and leaves the runs kept: the results are on disk, and the report syncs first.
 onsuccess:
+    from fga.tracking_sync import has_kept_runs
+
+    if has_kept_runs(LOGS):
+        shell(f"{FGA} tracking sync {COMMON} || true")
     targets = sorted({job.rule.name for job in workflow.dag.targetjobs})
     if "all" in targets:
         shell(f"{FGA} dvc-record {COMMON}")
     else:
         print(f"dvc: not recorded: this run's targets ({', '.join(targets)}) are not the default target; "
               "a successful `snakemake` (all) records the grid")
+
+
+onerror:
+    from fga.tracking_sync import has_kept_runs
+
+    if has_kept_runs(LOGS):
+        shell(f"{FGA} tracking sync {COMMON} || true")

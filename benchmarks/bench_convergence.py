@@ -37,7 +37,7 @@ whose result.json matches its params is skipped, so an interrupted bench resumes
         [--ablation-methods ...] [--ablation-backbones ...] [--no-ablations] [--experiment NAME] [--no-tracking]
         [--out reports/convergence] [--no-test]
 
-The project needs data/<dataset>/dataset.json, features/<dataset>/vocab.json and the backbones'
+The project needs data/<dataset>/dataset.json, features/<dataset>/text_bigru/vocab.json and the backbones'
 feature stores of its params.yaml; the bench names the Snakemake targets that make missing ones.
 """
 from __future__ import annotations
@@ -250,7 +250,7 @@ def bench_cfg(cfg: dict[str, Any], max_epochs: int, threads: int | None, device:
 
 def missing_inputs(dataset: str, backbones: Sequence[str]) -> list[str]:
     """The input files (relative to the project) that are not there yet."""
-    needed = [f"data/{dataset}/dataset.json", f"features/{dataset}/vocab.json"]
+    needed = [f"data/{dataset}/dataset.json", f"features/{dataset}/text_bigru/vocab.json"]
     needed += [f"features/{dataset}/{b}/{split}.h5" for b in backbones for split in SPLITS]
     return [p for p in needed if not Path(p).exists()]
 
@@ -338,18 +338,24 @@ def tracking_cfg(cfg: dict[str, Any], experiment: str, dataset: str, jobs: Seque
 
 
 def _train_runs(cfg: dict[str, Any], dataset: str) -> dict[tuple[str, str, int], Any]:
-    """(backbone, method, seed) -> the experiment's train run (a row of fga.tracking.runs_frame)."""
+    """(backbone, method, seed) -> the experiment's train run of cfg's text encoder (a row of
+    fga.tracking.runs_frame; a run logged before the `text` tag existed is the BiGRU's)."""
+    from fga.grid import DEFAULT_TEXT_ENCODER, run_text_encoder
     from fga.tracking import runs_frame
 
     runs = runs_frame(cfg, [dataset], "train")
-    return {} if runs.empty else {(r["tags.backbone"], r["tags.method"], int(r["tags.seed"])): r
-                                  for _, r in runs.iterrows()}
+    if runs.empty:
+        return {}
+    texts = runs["tags.text"].fillna(DEFAULT_TEXT_ENCODER) if "tags.text" in runs else DEFAULT_TEXT_ENCODER
+    runs = runs[texts == run_text_encoder(cfg)]
+    return {(r["tags.backbone"], r["tags.method"], int(r["tags.seed"])): r for _, r in runs.iterrows()}
 
 
 def log_results(cfg: dict[str, Any], results: dict[Job, dict[str, Any]], out: Path) -> int:
     """Log every run not yet in MLflow with its params hash as an fga train run (step metrics = its history, plus
     test_rsum) in `cfg`'s experiment; returns how many were logged."""
     from fga.cli import file_hash
+    from fga.grid import run_text_encoder
     from fga.tracking_sync import log_train_run
 
     logged = 0
@@ -362,7 +368,8 @@ def log_results(cfg: dict[str, Any], results: dict[Job, dict[str, Any]], out: Pa
             tags = {"params_hash": result["run_hash"],
                     "data_hash": file_hash(Path("data") / job.dataset / "dataset.json")}
             metrics = {} if result.get("test_rsum") is None else {"test_rsum": float(result["test_rsum"])}
-            log_train_run(cfg, {**job.__dict__, "stage": "train"}, result, job.run_dir(out) / CHECKPOINT_FILE,
+            key = {**job.__dict__, "text": run_text_encoder(cfg), "stage": "train"}
+            log_train_run(cfg, key, result, job.run_dir(out) / CHECKPOINT_FILE,
                           tags=tags, metrics=metrics)
             logged += 1
     return logged

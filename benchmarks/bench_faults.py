@@ -5,7 +5,7 @@
     python benchmarks/bench_faults.py --workdir DIR                    # keep (and reuse) the reference run in DIR
 
 One undisturbed run of the tiny grid (tests/test_workflow.py's TINY + tests/conftest.py's TINIER params, which
-touches every stage kind: prepare, vocabulary, features, distractors, train, evaluate, robustness, report) is the
+touches every stage kind: prepare, text features, features, distractors, train, evaluate, robustness, report) is the
 reference (kept and reused when --workdir already holds a completed one). Each trial starts a fresh copy of the
 declarations, kills Snakemake's process group with SIGKILL at a moment drawn uniformly over the first --span
 (default 0.8) of the reference's wall time (seeded; a run faster than the reference would outlive later moments); with --kills K it restarts the grid and kills it again, up to K times (an attempt that finishes
@@ -42,7 +42,8 @@ BIN = Path(sys.executable).parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 # `python -m fga <verb> [<action>]` of each rule -> the stage kind a kill lands in
-STAGE_KINDS = {("data", "prepare"): "prepare", ("features", "text"): "vocabulary", ("features", "extract"): "features",
+STAGE_KINDS = {("data", "prepare"): "prepare", ("features", "text-encode"): "text features",
+               ("features", "extract"): "features",
                ("robustness", "distractors"): "distractors", ("train",): "train", ("evaluate",): "evaluate",
                ("robustness",): "robustness", ("report",): "report", ("dvc-record",): "dvc-record"}
 # outputs whose bytes must equal the reference's (the results; stores/checkpoints are checked for readability)

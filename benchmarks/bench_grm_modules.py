@@ -12,7 +12,7 @@ and in train mode (noise on).
         [--variants default mi_0.1 ...] [--seeds 0 1 2] [--max-images 200] [--json out.json]
         [--epochs N (a quick check)]
 
-The project directory needs data/<dataset>/dataset.json, features/<dataset>/{<backbone>/, vocab.json}
+The project directory needs data/<dataset>/dataset.json, features/<dataset>/{<backbone>/, text_bigru/vocab.json}
 and the params.yaml those features were extracted with. Runs are written to a temporary directory.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two checkpoint files of a run directory (runs/<dataset>/<backbone>/<method>/seed<k>/).
+"""The two checkpoint files of a run directory (runs/<dataset>/<backbone>/<text encoder>/<method>/seed<k>/).
 
 `checkpoint.safetensors`, the run's result (a declared pipeline output): the best-val-rSum weights
 of the model as tensors `model.<name>` and, in finetune mode, of the region source (the trained

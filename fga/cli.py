@@ -86,6 +86,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--defer-tracking", action="store_true",
+                   help="keep the stage's MLflow run on disk (logs/tracking_pending/) instead of logging it: no MLflow "
+                        "in the job; `fga tracking sync` or `fga report` logs it (the Snakemake workflow passes this)")
 
 
 def _run_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
@@ -94,6 +97,12 @@ def _run_args(p: argparse.ArgumentParser, *, method: bool = True) -> None:
     if method:
         p.add_argument("--method", required=True)
         p.add_argument("--seed", type=int, required=True)
+        _text_encoder_arg(p)
+
+
+def _text_encoder_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-encoder", help="the run's caption encoder, a grid.text_encoders name (default: "
+                                          "train.text_encoder); the run lives under <dataset>/<backbone>/<encoder>/")
 
 
 def file_hash(path: Path) -> str:
@@ -104,9 +113,17 @@ def file_hash(path: Path) -> str:
 
 def run_dir(cfg: dict[str, Any], kind: str, a: argparse.Namespace) -> Path:
     """The run's directory under the params' experiment's `kind` root ("runs" or "results", fga/paths.py)."""
+    from fga.grid import run_path
     from fga.paths import output_roots
 
-    return Path(getattr(output_roots(cfg), kind)) / a.dataset / a.backbone / a.method / f"seed{a.seed}"
+    return Path(getattr(output_roots(cfg), kind)) / run_path(a.dataset, a.backbone, _text(cfg), a.method, a.seed)
+
+
+def _text(cfg: dict[str, Any]) -> str:
+    """The run's caption encoder: --text-encoder, which sets train.text_encoder (see _run_verb), or its default."""
+    from fga.grid import run_text_encoder
+
+    return run_text_encoder(cfg)
 
 
 def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
@@ -124,16 +141,20 @@ def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
-    from fga.features.text import build_vocab_file
+    from fga.features.text import build_vocab_file, vocab_file
 
     a.timeline.ready()
-    build_vocab_file(Path("data") / a.dataset / "dataset.json", Path("features") / a.dataset / "vocab.json",
+    build_vocab_file(Path("data") / a.dataset / "dataset.json", vocab_file(a.dataset),
                      cfg["features"]["text"]["min_count"])
 
 
 def cmd_features_text_encode(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.text import extract_text, text_store_dir
+    from fga.grid import DEFAULT_TEXT_ENCODER
 
+    if a.encoder == DEFAULT_TEXT_ENCODER:  # the BiGRU's text features are its vocabulary
+        cmd_features_text(cfg, a)
+        return
     a.timeline.ready()
     extract_text(cfg, a.dataset, a.encoder, Path("data") / a.dataset, text_store_dir(a.dataset, a.encoder), quiet=a.quiet)
 
@@ -148,8 +169,9 @@ def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     build_features(cfg, a.dataset, a.backbone, data_dir, Path("features") / a.dataset / a.backbone, quiet=a.quiet)
 
 
-def _key(a: argparse.Namespace, stage: str) -> dict[str, Any]:
-    return {"dataset": a.dataset, "backbone": a.backbone, "method": a.method, "seed": a.seed, "stage": stage}
+def _key(cfg: dict[str, Any], a: argparse.Namespace, stage: str) -> dict[str, Any]:
+    return {"dataset": a.dataset, "backbone": a.backbone, "text": _text(cfg), "method": a.method, "seed": a.seed,
+            "stage": stage}
 
 
 def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:
@@ -168,8 +190,8 @@ def cmd_train(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     if meta.get("rank", 0) != 0:
         return  # under torchrun only rank 0 logs the run
     with a.timeline.tracking():
-        log_train_run(cfg, _key(a, "train"), meta, run_dir(cfg, "runs", a) / "checkpoint.safetensors",
-                      tags=_provenance(cfg, a))
+        log_train_run(cfg, _key(cfg, a, "train"), meta, run_dir(cfg, "runs", a) / "checkpoint.safetensors",
+                      tags=_provenance(cfg, a), defer=a.defer_tracking)
 
 
 def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
@@ -186,7 +208,7 @@ def cmd_evaluate(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     out = out_dir / "metrics.json"
     write_json(out, metrics)  # last: its presence means ranks.npz (and the matrix) are complete
     with a.timeline.tracking():
-        log_run(cfg, _key(a, "evaluate"),
+        log_run(cfg, _key(cfg, a, "evaluate"), defer=a.defer_tracking,
                 params={**resolved_run_params(cfg, a.backbone, a.method), "evaluate": evaluation_section(cfg, a.dataset)},
                 metrics=mlflow_metrics(metrics),
                 tags={**_provenance(cfg, a), "protocol": metrics["protocol"], "protocols": ",".join(metrics["protocols"]),
@@ -218,7 +240,8 @@ def cmd_robustness(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     out = out_dir / "robustness.json"
     write_json(out, result)
     with a.timeline.tracking():
-        log_run(cfg, _key(a, "robustness"), params={"robustness": cfg.get("robustness", {})},
+        log_run(cfg, _key(cfg, a, "robustness"), defer=a.defer_tracking,
+                params={"robustness": cfg.get("robustness", {})},
                 metrics=mlflow_metrics(result),
                 tags={**_provenance(cfg, a), "protocol": result["protocol"], "split": result["split"],
                       "weights_source": result["weights_source"]}, artifacts=[out])
@@ -290,13 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p, method=False)
     _common(p)
     p.set_defaults(func=cmd_features_extract)
-    p = feats.add_parser("text", help="train-caption vocabulary -> features/<dataset>/vocab.json")
+    p = feats.add_parser("text", help="train-caption vocabulary -> features/<dataset>/text_bigru/vocab.json")
     p.add_argument("--dataset", required=True)
     _common(p)
     p.set_defaults(func=cmd_features_text)
     p = feats.add_parser("text-encode", help="transformer token features of every caption -> features/<dataset>/text_<encoder>/")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", default="minilm", help="a features.text.encoders entry (default: the packaged MiniLM)")
+    p.add_argument("--encoder", default="minilm", help="a features.text.encoders entry (default: the packaged "
+                                                       "MiniLM), or bigru: its vocabulary, as `fga features text`")
     _common(p)
     p.set_defaults(func=cmd_features_text_encode)
 
@@ -312,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone")
     p.add_argument("--method")
     p.add_argument("--seed", type=int)
+    _text_encoder_arg(p)
     _common(p)
     p.set_defaults(func=cmd_robustness, action=None)
     sub = p.add_subparsers(dest="action")
@@ -351,7 +376,10 @@ def _run_verb(args: argparse.Namespace) -> int:
     try:
         from fga.config import load_params
 
-        cfg = load_params(args.params, args.overrides, getattr(args, "overlays", ()))
+        # a run's --text-encoder is its train.text_encoder: validated, hashed and checkpointed like any other key
+        text = getattr(args, "text_encoder", None)
+        overrides = [*args.overrides, *([f"train.text_encoder={text}"] if text else [])]
+        cfg = load_params(args.params, overrides, getattr(args, "overlays", ()))
         func: Callable[[dict[str, Any], argparse.Namespace], None] = args.func
         func(cfg, args)
     except UserError as exc:

@@ -1,20 +1,41 @@
-"""The runs a params grid asks for, as (dataset, backbone, method, seed) cells (the report's and the file source's view
-of `grid`; the Snakefile expands the same lists in workflow/rules/common.smk)."""
+"""The runs a params grid asks for, as (dataset, backbone, text encoder, method, seed) cells (the report's and the
+file source's view of `grid`; the Snakefile expands the same lists in workflow/rules/common.smk), and where a run's
+files live: <runs or results>/<dataset>/<backbone>/<text encoder>/<method>/seed<k>/ (:func:`run_path`)."""
 from __future__ import annotations
 
 from typing import Any
 
+Cell = tuple[str, str, str, str, int]  # dataset, visual backbone, text encoder, method, seed
+DEFAULT_TEXT_ENCODER = "bigru"  # fga.models.text_encoder.BIGRU (not imported: this module stays torch-free)
 
-def grid_cells(cfg: dict[str, Any], ablation: bool = True) -> list[tuple[str, str, str, int]]:
-    """(dataset, backbone, method, seed) of every run the grid asks for: the main grid, then (ablation=True)
-    the ablation variants."""
+
+def run_text_encoder(cfg: dict[str, Any]) -> str:
+    """The caption encoder a run of this config trains (`train.text_encoder`, which a job's --text-encoder sets)."""
+    return str((cfg.get("train") or {}).get("text_encoder") or DEFAULT_TEXT_ENCODER)
+
+
+def text_encoders(cfg: dict[str, Any]) -> list[str]:
+    """The grid's caption encoders (`grid.text_encoders`; without it, the one `train.text_encoder` names)."""
+    listed = cfg["grid"].get("text_encoders")
+    return [str(t) for t in listed] if listed else [run_text_encoder(cfg)]
+
+
+def run_path(dataset: str, backbone: str, text: str, method: str, seed: int) -> str:
+    """A run's directory under the runs/ or results/ root: <dataset>/<backbone>/<text>/<method>/seed<k>."""
+    return f"{dataset}/{backbone}/{text}/{method}/seed{int(seed)}"
+
+
+def grid_cells(cfg: dict[str, Any], ablation: bool = True) -> list[Cell]:
+    """(dataset, backbone, text encoder, method, seed) of every run the grid asks for: the main grid, then
+    (ablation=True) the ablation variants (on every text encoder of the grid)."""
     grid = cfg["grid"]
-    cells = [(d, b, m, int(s)) for d in grid["datasets"] for b in grid["backbones"] for m in grid["methods"]
-             for s in grid["seeds"]]
+    texts = text_encoders(cfg)
+    cells = [(d, b, t, m, int(s)) for d in grid["datasets"] for b in grid["backbones"] for t in texts
+             for m in grid["methods"] for s in grid["seeds"]]
     no_variants = {"backbones": [], "methods": []}
     variants = (grid.get("ablation") or no_variants) if ablation else no_variants
-    cells += [(d, b, m, int(s)) for d in grid["datasets"] for b in variants["backbones"] for m in variants["methods"]
-              for s in grid["seeds"] if (d, b, m, int(s)) not in cells]
+    cells += [(d, b, t, m, int(s)) for d in grid["datasets"] for b in variants["backbones"] for t in texts
+              for m in variants["methods"] for s in grid["seeds"] if (d, b, t, m, int(s)) not in cells]
     return cells
 
 
@@ -31,18 +52,20 @@ def sweep_methods(cfg: dict[str, Any], key: str | None = None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def sweep_cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
-    """(dataset, backbone, method, seed) of every run `snakemake grm_sweeps` makes: grm and each listed variant."""
+def sweep_cells(cfg: dict[str, Any]) -> list[Cell]:
+    """(dataset, backbone, text encoder, method, seed) of every run `snakemake grm_sweeps` makes: grm and each
+    listed variant, with the grid's first text encoder."""
     sweeps = cfg.get("sweeps") or {}
     methods = list(dict.fromkeys([SWEEP_BASE] + sweep_methods(cfg)))
-    return [(d, b, m, int(s)) for d in cfg["grid"]["datasets"] for b in sweeps.get("backbones", [])
+    text = text_encoders(cfg)[0]
+    return [(d, b, text, m, int(s)) for d in cfg["grid"]["datasets"] for b in sweeps.get("backbones", [])
             for m in methods for s in sweeps.get("seeds", [])]
 
 
 def dvc_sweep_runs(cfg: dict[str, Any]) -> list[dict[str, str]]:
-    """{backbone, method} of each sweep run the default grid's DVC stages do not make, in sweep order: what
+    """{backbone, text, method} of each sweep run the default grid's DVC stages do not make, in sweep order: what
     params.yaml's `sweeps.dvc_runs` lists for sweeps/stages.yaml (DVC refuses two stages with one output)."""
     default, sweep = set(grid_cells(cfg)), sweep_cells(cfg)
-    shared = {(b, m) for d, b, m, s in sweep if (d, b, m, s) in default}
-    runs = dict.fromkeys((b, m) for _, b, m, _ in sweep)
-    return [{"backbone": b, "method": m} for b, m in runs if (b, m) not in shared]
+    shared = {(b, t, m) for d, b, t, m, s in sweep if (d, b, t, m, s) in default}
+    runs = dict.fromkeys((b, t, m) for _, b, t, m, _ in sweep)
+    return [{"backbone": b, "text": t, "method": m} for b, t, m in runs if (b, t, m) not in shared]

@@ -6,7 +6,7 @@ frozen_features`) or are computed elsewhere and wrapped with the captions by `ca
 (a fine-tuned backbone: fga.finetune). Captions are read from dataset.json and become what the run's text
 encoder (`train.text_encoder`, fga.models.text_encoder) takes:
 
-- `bigru`: word ids of the dataset's train vocabulary (`features/<dataset>/vocab.json`), [n, L] int64;
+- `bigru`: word ids of the dataset's train vocabulary (`features/<dataset>/text_bigru/vocab.json`), [n, L] int64;
 - a transformer in frozen_features mode: the text store's cached word-piece features
   (`features/<dataset>/text_<encoder>/<split>.h5`), [CLS] and [SEP] dropped, [n, L, D] float16;
 - a transformer in finetune mode: the tokenizer's word-piece ids without [CLS]/[SEP], [n, L] int64.
@@ -26,7 +26,7 @@ from fga.errors import UserError
 from fga.features.store import feature_hash, open_store, open_text_store, read_store
 from fga.features.text import (TextEncoder, caption_rows, encode_captions, encoder_max_words, encoder_spec,
                                load_tokenizer, load_vocab, max_pieces, resolve_model_dir, split_captions,
-                               text_feature_hash, text_store_dir, word_piece_ids)
+                               text_feature_hash, text_store_dir, vocab_file, word_piece_ids)
 from fga.io import read_json
 from fga.models.text_encoder import BIGRU, TextEncoderSpec
 
@@ -51,7 +51,7 @@ def paths(dataset: str, backbone: str) -> dict[str, Path]:
     """Where a split's inputs live: dataset.json, the train vocabulary, the backbone's feature store directory."""
     return {
         "dataset_json": Path("data") / dataset / "dataset.json",
-        "vocab": Path("features") / dataset / "vocab.json",
+        "vocab": vocab_file(dataset),
         "features": Path("features") / dataset / backbone,
     }
 

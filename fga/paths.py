@@ -23,7 +23,7 @@ SHARED_SECTIONS = ("data", "features", "robustness.distractor_seed")
 class OutputRoots(NamedTuple):
     """The directories one experiment's stages write to (relative to the project root)."""
 
-    runs: str  # checkpoints: <runs>/<dataset>/<backbone>/<method>/seed<seed>/
+    runs: str  # checkpoints: <runs>/<dataset>/<backbone>/<text encoder>/<method>/seed<seed>/ (fga.grid.run_path)
     results: str  # metrics, ranks, robustness: same layout under <results>/
     logs: str  # the Snakemake jobs' logs
     benchmarks: str  # the Snakemake jobs' benchmark files

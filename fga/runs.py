@@ -18,7 +18,7 @@ EXECUTION_ONLY = ("device", "num_workers")
 def text_params(cfg: dict[str, Any]) -> dict[str, Any]:
     """The caption settings a run depends on: the vocabulary's, plus the spec of its transformer encoder if any (a
     BiGRU run's params, and hash, are what they were before transformer encoders existed)."""
-    text = {k: v for k, v in cfg["features"]["text"].items() if k not in ("encoders", "stores")}
+    text = {k: v for k, v in cfg["features"]["text"].items() if k != "encoders"}
     name = text_encoder_name(cfg)
     return text if name == BIGRU else {**text, "encoder": {name: encoder_spec(cfg, name)}}
 

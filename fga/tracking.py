@@ -50,8 +50,10 @@ from fga.tracking_artifacts import legacy_project_root, readable_artifact_uri
 from fga.tracking_aggregates import AGGREGATED_STAGE, newest_finished_per_seed, seed_aggregates
 from fga.tracking_params import param_batches
 
-KEY_TAGS = ("dataset", "backbone", "method", "seed", "stage")
-GROUP_TAGS = ("dataset", "backbone", "method")
+# `text` (the caption encoder, grid.text_encoders): runs logged before that axis existed lack it and are not
+# matched by key any more; the report reads them as the BiGRU's
+KEY_TAGS = ("dataset", "backbone", "text", "method", "seed", "stage")
+GROUP_TAGS = ("dataset", "backbone", "text", "method")
 EXPERIMENT_TAG = "experiment"  # part of the run key; absent (runs logged before it existed) = DEFAULT_EXPERIMENT
 DEFAULT_EXPERIMENT = "default"
 PROJECT_ROOT_TAG = "fga.project_root"
@@ -226,6 +228,16 @@ def _dedupe_key(client, exp_id: str, key: dict[str, str]) -> str | None:
     return runs[-1].info.run_id if runs else None
 
 
+def _dedupe_group(client, exp_id: str, group: dict[str, str]) -> None:
+    """_dedupe_key for every key of the group's children at once: one search for a whole batch of them."""
+    newest: dict[tuple, Any] = {}
+    for run in sorted(_search_keyed(client, exp_id, group, f"tags.stage != '{PARENT_STAGE}'"), key=_order):
+        slot = tuple(run.data.tags.get(k) for k in KEY_TAGS)
+        if slot in newest:
+            _delete_quietly(client, [newest[slot].info.run_id])
+        newest[slot] = run
+
+
 def _parents(client, exp_id: str, group: dict[str, str]) -> list:
     return sorted(_search_keyed(client, exp_id, {**group, "stage": PARENT_STAGE}), key=_order)
 
@@ -235,7 +247,7 @@ def _ensure_parent(client, exp_id: str, group: dict[str, str], variant: str) -> 
     parents = _parents(client, exp_id, group)
     if parents:
         return parents[0].info.run_id
-    name = "/".join(group[k] for k in ("backbone", "method"))
+    name = "/".join(group[k] for k in ("backbone", "text", "method"))
     run = client.create_run(exp_id, run_name=name, tags={**group, "stage": PARENT_STAGE, "variant": variant,
                                                          "mlflow.note.content": f"seeds of {group['dataset']}/{name}"})
     with _unless_deleted_meanwhile(client, run.info.run_id):  # by a writer that created an older parent
@@ -274,6 +286,58 @@ def _artifact_items(artifacts: Iterable[Any]) -> Iterator[tuple[Path, str | None
         yield Path(path), dest
 
 
+class LogSession:
+    """One store lock and one MLflow client for a batch of :func:`log_run` calls (``fga tracking sync``), with the
+    experiment ids and the groups' parents it has resolved: a batch asks the store for each of them once."""
+
+    def __init__(self, cfg: dict[str, Any], client) -> None:
+        self.cfg = cfg
+        self.client = client
+        self._experiments: dict[str, str] = {}
+        self._parents: dict[tuple[str, ...], str] = {}
+        self._unsettled: set[tuple[str, ...]] = set()  # groups with runs logged with settle=False
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            self._experiments[name] = _experiment_id(self.client, self.cfg, name)
+        return self._experiments[name]
+
+    def parent(self, exp_id: str, group: dict[str, str], variant: str) -> str:
+        slot = (exp_id, *group.values())
+        if slot not in self._parents:
+            self._parents[slot] = _ensure_parent(self.client, exp_id, group, variant)
+        return self._parents[slot]
+
+    def defer_settling(self, exp_id: str, group: dict[str, str]) -> None:
+        self._unsettled.add((exp_id, *group.values()))
+
+    def settle(self, exp_id: str, group: dict[str, str], fallback_parent: str, aggregate: bool) -> None:
+        """One parent for the group, every child pointing at it (and its seed aggregates, when `aggregate`); first
+        one run per key among its children when runs of the group were logged with settle=False."""
+        slot = (exp_id, *group.values())
+        if slot in self._unsettled:
+            _dedupe_group(self.client, exp_id, group)
+            self._unsettled.discard(slot)
+        parent_id = _settle_parents(self.client, exp_id, group) or fallback_parent
+        self._parents[slot] = parent_id
+        if aggregate:
+            _log_seed_aggregates(self.client, exp_id, group, parent_id)
+
+
+@contextlib.contextmanager
+def log_session(cfg: dict[str, Any]) -> Iterator[LogSession]:
+    """Hold the store lock and one client for many log_run(..., session=) calls."""
+    with _store_lock(cfg):
+        yield LogSession(cfg, _client(cfg))
+
+
+def run_group(cfg: dict[str, Any], key: dict[str, Any]) -> tuple[str, ...] | None:
+    """The parent group (GROUP_TAGS + experiment) a run of `key` hangs under; None for the stages without a parent."""
+    if str(key["stage"]) in STAGES_WITHOUT_PARENT:
+        return None
+    return (*(str(key[k]) for k in GROUP_TAGS), experiment_of(cfg))
+
+
 def log_run(
     cfg: dict[str, Any],
     key: dict[str, Any],
@@ -285,6 +349,9 @@ def log_run(
     artifacts: list[Any] | None = None,
     checkpoint: Path | str | None = None,
     tables: dict[str, Any] | None = None,
+    session: LogSession | None = None,
+    settle: bool = True,
+    aggregate: bool | None = None,
 ) -> str:
     """Log one complete run for `key` (+ the params' ``experiment``), then drop every older run with that key.
 
@@ -294,37 +361,46 @@ def log_run(
     ``params.yaml``) only when ``tracking.log_checkpoints`` is true. tables: artifact file (``.json``) -> pandas
     DataFrame, logged with MLflow's ``log_table`` (the UI shows them as sortable tables).
     Stages other than ``report`` hang under their (dataset, backbone, method, experiment) parent run; an
-    evaluate run also refreshes the parent's seed aggregates. tags: ``data_hash`` (and ``split``) also make
-    the run's dataset input.
+    evaluate run also refreshes the parent's seed aggregates. tags: ``data_hash`` (and ``split``) also make the
+    run's dataset input; a kept run's (fga.tracking_sync) carry the job's ``git_commit`` and ``variant``.
+    session: a :func:`log_session` shared by a batch; settle=False leaves the key's older runs, the group's parent and
+    its seed aggregates (if `aggregate`; default: evaluate) to the group's settle=True call (returns the new run's id).
     Returns the id of the run that holds the key afterwards (a newer concurrent writer's, if it won).
     """
+    if session is None:
+        with log_session(cfg) as own:
+            return log_run(cfg, key, params=params, metrics=metrics, step_metrics=step_metrics, tags=tags,
+                           artifacts=artifacts, checkpoint=checkpoint, tables=tables, session=own, settle=settle,
+                           aggregate=aggregate)
     key = {**{k: str(key[k]) for k in KEY_TAGS}, EXPERIMENT_TAG: experiment_of(cfg)}
     group = {k: key[k] for k in (*GROUP_TAGS, EXPERIMENT_TAG)}
-    variant = variant_of(cfg, key["method"])
+    variant = (tags or {}).get("variant") or variant_of(cfg, key["method"])  # a kept run's: the job's
     grouped = key["stage"] not in STAGES_WITHOUT_PARENT
     if grouped:
-        name = f"{key['backbone']}/{key['method']}/seed{key['seed']}/{key['stage']}"
+        name = f"{key['backbone']}/{key['text']}/{key['method']}/seed{key['seed']}/{key['stage']}"
     else:
         name = key["stage"] if key["backbone"] == "all" else "/".join(key[k] for k in KEY_TAGS[1:])
-    all_tags = {**key, "variant": variant, **_source_tags(key["stage"]), **(tags or {})}
-    with _store_lock(cfg):
-        client = _client(cfg)
-        exp_id = _experiment_id(client, cfg, experiment_name(key["dataset"], key[EXPERIMENT_TAG]))
-        if grouped:
-            all_tags[PARENT_TAG] = _ensure_parent(client, exp_id, group, variant)
-        run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
-        with _unless_deleted_meanwhile(client, run_id):  # by a newer writer of the key that finished first
-            _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint,
-                      _dataset_inputs(key, all_tags), tables)
-        survivor = _dedupe_key(client, exp_id, key)
-        if grouped:
-            parent_id = _settle_parents(client, exp_id, group) or all_tags[PARENT_TAG]
-            if key["stage"] == AGGREGATED_STAGE:
-                _log_seed_aggregates(client, exp_id, group, parent_id)
+    source = {} if "git_commit" in (tags or {}) else source_tags(key["stage"])
+    all_tags = {**key, "variant": variant, **source, **(tags or {})}
+    client = session.client
+    exp_id = session.experiment_id(experiment_name(key["dataset"], key[EXPERIMENT_TAG]))
+    if grouped:
+        all_tags[PARENT_TAG] = session.parent(exp_id, group, variant)
+    run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+    with _unless_deleted_meanwhile(client, run_id):  # by a newer writer of the key that finished first
+        _fill_run(client, cfg, run_id, params, metrics, step_metrics, artifacts, checkpoint,
+                  _dataset_inputs(key, all_tags), tables)
+    if grouped and not settle:
+        session.defer_settling(exp_id, group)
+        return run_id  # the key's older runs go when the group settles
+    survivor = _dedupe_key(client, exp_id, key)
+    if grouped:
+        session.settle(exp_id, group, all_tags[PARENT_TAG],
+                       key["stage"] == AGGREGATED_STAGE if aggregate is None else aggregate)
     return survivor or run_id
 
 
-def _source_tags(stage: str) -> dict[str, str]:
+def source_tags(stage: str) -> dict[str, str]:
     """Provenance tags: fga's own ``git_commit`` and the system tags the MLflow UI shows (source, commit)."""
     commit = git_commit()
     tags = {"git_commit": commit, "mlflow.source.name": f"fga {stage}", "mlflow.source.type": "LOCAL"}
@@ -367,18 +443,23 @@ def _fill_run(client, cfg: dict[str, Any], run_id: str, params, metrics, step_me
               dataset_inputs: list, tables) -> None:
     """Log params, metrics, dataset inputs, artifacts, tables (and the checkpoint when asked) into a created run, then
     end it."""
+    from itertools import zip_longest
+
     from mlflow.entities import Metric
+    from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
     now = int(time.time() * 1000)
     metric_rows = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
     for series_name, series in (step_metrics or {}).items():
         metric_rows += [Metric(series_name, float(v), now, int(step)) for step, v in series]
-    for batch in param_batches(params or {}):
-        client.log_batch(run_id, params=batch)
+    # params and metrics share the log_batch calls (each one store transaction), within MLflow's per-call limits
+    # (100 params, 1000 entities in all)
+    room = MAX_ENTITIES_PER_BATCH - MAX_PARAMS_TAGS_PER_BATCH
+    metric_batches = [metric_rows[i : i + room] for i in range(0, len(metric_rows), room)]
+    for param_batch, metric_batch in zip_longest(param_batches(params or {}), metric_batches, fillvalue=[]):
+        client.log_batch(run_id, params=param_batch, metrics=metric_batch)
     if dataset_inputs:
         _log_inputs(client, run_id, dataset_inputs)
-    for i in range(0, len(metric_rows), 1000):  # MLflow's per-call limit: 1000 metrics
-        client.log_batch(run_id, metrics=metric_rows[i : i + 1000])
     if params:
         client.log_dict(run_id, params, "params.yaml")
     for path, dest in _artifact_items(artifacts or []):

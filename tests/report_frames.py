@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fga.grid import run_path
 from fga.report.runs import COLUMNS
 
 
@@ -13,14 +14,14 @@ def recalls(base: float) -> dict[str, float]:
 
 
 def evaluation_frame(rows: list[tuple[str, int, float]], dataset: str = "synthetic", backbone: str = "b",
-                     ci: bool = True, qb: bool = False) -> pd.DataFrame:
-    """fga.report.runs.evaluation_runs' frame: one row per (method, seed, recall base)."""
+                     ci: bool = True, qb: bool = False, text: str = "bigru") -> pd.DataFrame:
+    """fga.report.runs.evaluation_runs' frame: one row per (method, seed, recall base), all of one text encoder."""
     out = []
     for method, seed, base in rows:
         vals = recalls(base)
-        row = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed, "protocol": "full",
-               "run_id": f"{method}-{seed}", "weights": "random", "tie_rule": "pessimistic", **vals,
-               "result_file": f"results/{dataset}/{backbone}/{method}/seed{seed}/metrics.json"}
+        row = {"dataset": dataset, "backbone": backbone, "text": text, "method": method, "seed": seed,
+               "protocol": "full", "run_id": f"{method}-{seed}-{text}", "weights": "random", "tie_rule": "pessimistic",
+               **vals, "result_file": f"results/{run_path(dataset, backbone, text, method, seed)}/metrics.json"}
         if ci:
             row.update({f"{c}_ci_lo": v - 2 for c, v in vals.items()})
             row.update({f"{c}_ci_hi": v + 2 for c, v in vals.items()})

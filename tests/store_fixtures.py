@@ -13,12 +13,12 @@ from fga.io import read_json
 
 def write_random_project(root: Path, cfg: dict, dataset: str, backbone: str, n_regions: int, feat_dim: int,
                          pad_every: int) -> None:
-    """data/<dataset>, features/<dataset>/vocab.json and random region stores for every split.
+    """data/<dataset>, features/<dataset>/text_bigru/vocab.json and random region stores for every split.
 
     Every `pad_every`-th image has its last region masked out, so padding is exercised.
     """
     generate(root / "data" / dataset, progress=False, **cfg["data"][dataset])
-    build_vocab_file(root / "data" / dataset / "dataset.json", root / "features" / dataset / "vocab.json", 1)
+    build_vocab_file(root / "data" / dataset / "dataset.json", root / "features" / dataset / "text_bigru" / "vocab.json", 1)
     ds = read_json(root / "data" / dataset / "dataset.json")
     rng = np.random.default_rng(0)
     attrs = {"backbone": backbone, "dataset": dataset, "model": "none", "region_source": "grid",

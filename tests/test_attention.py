@@ -109,7 +109,7 @@ def test_the_map_is_what_the_unc_similarity_pools(project, kw):
     rows = [5 * i for i in range(n)]
     tensors = region_word_tensors(model, data.regions[:n], data.mask[:n], data.tokens[rows], data.lengths[rows])
     maps = grm_maps(model, data, split_captions(read_json(Path("data") / DS / "dataset.json"), "test")[1],
-                    load_vocab(Path("features") / DS / "vocab.json"), n)
+                    load_vocab(Path("features") / DS / "text_bigru" / "vocab.json"), n)
     for i, (t, m) in enumerate(zip(tensors, maps)):
         model_score = float(unc[i, 5 * i])
         # exact (unrounded) tensors and the rounded JSON both reproduce the model's S_unc of the pair
@@ -181,11 +181,11 @@ def test_evaluate_writes_and_logs_attention_json_and_the_report_draws_it(project
     cfg["methods"]["vse_mean"] = {"embed_dim": 8, "word_dim": 4}
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     for method in ("grm", "vse_mean"):
-        train(cfg, DS, BK, method, 0, root / "runs" / DS / BK / method / "seed0", quiet=True)
+        train(cfg, DS, BK, method, 0, root / "runs" / DS / BK / "bigru" / method / "seed0", quiet=True)
         assert main(["evaluate", "--dataset", DS, "--backbone", BK, "--method", method, "--seed", "0", "--quiet"]) == 0
-    grm_att = json.loads((root / "results" / DS / BK / "grm" / "seed0" / "attention.json").read_text())
+    grm_att = json.loads((root / "results" / DS / BK / "bigru" / "grm" / "seed0" / "attention.json").read_text())
     assert grm_att["method"] == "grm" and grm_att["arch"] == "grm" and len(grm_att["maps"]) == 4
-    vse_att = json.loads((root / "results" / DS / BK / "vse_mean" / "seed0" / "attention.json").read_text())
+    vse_att = json.loads((root / "results" / DS / BK / "bigru" / "vse_mean" / "seed0" / "attention.json").read_text())
     assert vse_att["maps"] == [] and vse_att["reason"]
     mlflow.set_tracking_uri(mlflow_store)
     run = mlflow.search_runs(experiment_names=[f"fga-{DS}"],

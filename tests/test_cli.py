@@ -41,10 +41,8 @@ def fga(args: list[str], cwd: Path, log: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.fixture(scope="module")
-def run_jobs(tmp_path_factory):
-    """train, evaluate and robustness of one run of a tiny project with random features, each its own process."""
-    root = tmp_path_factory.mktemp("cliproj")
+def tiny_project(root: Path) -> Path:
+    """A tiny project with random features (one run's inputs) in `root`, its store beside it."""
     cfg = copy.deepcopy(tiny_cfg())
     cfg["grid"]["backbones"] = [BK]
     cfg["features"]["backbones"] = {BK: {"model": "none", "weights": "random", "regions": "grid", "grid_size": 2}}
@@ -52,6 +50,13 @@ def run_jobs(tmp_path_factory):
     cfg["tracking"]["uri"] = f"sqlite:///{root / 'mlruns.db'}"
     write_random_project(root, cfg, DS, BK, 4, 16, pad_every=2)
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_jobs(tmp_path_factory):
+    """train, evaluate and robustness of one run of a tiny project with random features, each its own process."""
+    root = tiny_project(tmp_path_factory.mktemp("cliproj"))
     log = root / "startup.jsonl"
     for verb in ("train", "evaluate", "robustness"):
         out = fga([verb, *RUN_ARGS], root, log)
@@ -71,6 +76,43 @@ def test_run_jobs_import_only_what_they_use(run_jobs):
         assert entry["started"] < entry["ready"] < entry["ended"]
         assert entry["ready"] - entry["started"] < entry["ended"] - entry["started"] - entry["tracking_s"]
     assert run_jobs[3]["status"] == 2  # a user error is logged too, with its exit status
+
+
+def test_deferred_run_jobs_never_import_mlflow_and_sync_logs_their_runs(tmp_path):
+    """--defer-tracking (the workflow's jobs): each job keeps its run on disk without MLflow; `fga tracking sync`
+    logs the three runs (and their group's parent) in one process."""
+    import mlflow
+
+    root = tiny_project(tmp_path)
+    log = root / "startup.jsonl"
+    for verb in ("train", "evaluate", "robustness"):
+        out = fga([verb, *RUN_ARGS, "--defer-tracking"], root, log)
+        assert out.returncode == 0 and out.stderr == "", out.stderr[-3000:]
+    kept = sorted(p.name.rsplit(".", 2)[-2] for p in (root / "logs" / "tracking_pending").glob("*.json"))
+    assert kept == ["evaluate", "robustness", "train"] and not (root / "mlruns.db").exists()
+    out = fga(["tracking", "sync", "--quiet", "--defer-tracking"], root, log)  # the flag changes nothing for sync
+    assert out.returncode == 0 and "3 kept runs logged" in out.stdout, out.stderr[-3000:]
+    jobs = [json.loads(line) for line in log.read_text().splitlines()]
+    for entry in jobs[:3]:
+        assert entry["status"] == 0 and "mlflow" not in entry["packages_at_end"], entry
+    assert "mlflow" in jobs[3]["packages_at_end"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "group", "robustness", "train"]
+    assert not list((root / "logs" / "tracking_pending").glob("*.json"))
+
+
+def test_every_verb_accepts_defer_tracking():
+    from fga.cli import build_parser
+
+    parser = build_parser()
+    verbs = [["data", "prepare", "--dataset", DS], ["features", "extract", "--dataset", DS, "--backbone", BK],
+             ["features", "text", "--dataset", DS], ["features", "text-encode", "--dataset", DS],
+             ["train", *RUN_ARGS], ["evaluate", *RUN_ARGS], ["robustness", *RUN_ARGS],
+             ["robustness", "distractors", "--n", "2"], ["report"], ["tracking", "sync"], ["dvc-record"]]
+    for argv in verbs:
+        assert parser.parse_args([*argv, "--defer-tracking"]).defer_tracking is True, argv
+        assert parser.parse_args(argv).defer_tracking is False, argv
 
 
 def test_bench_workflow_reads_the_cli_log(run_jobs, tmp_path):

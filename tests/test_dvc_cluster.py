@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # must be given a launcher, or test_every_stage_runs_through_the_launcher_of_its_kind fails.
 KIND_OF_STAGE = {
     "prepare_data": "prepare", "distractor_data": "prepare",
-    "vocabulary": "vocabulary",
-    "extract_features": "features", "distractor_features": "features",
+    "extract_features": "features", "distractor_features": "features", "text_features": "features",
     "train": "train", "train_ablation": "train",
     "evaluate": "evaluate", "evaluate_ablation": "evaluate",
     "robustness": "robustness",

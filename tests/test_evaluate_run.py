@@ -56,7 +56,7 @@ def build_project(root: Path) -> dict:
     # absolute: MLflow caches its sqlite store per URI in-process, so two projects must not share "mlruns.db"
     cfg["tracking"]["uri"] = f"sqlite:///{root / 'mlruns.db'}"
     generate(root / "data" / DS, progress=False, **cfg["data"][DS])
-    build_vocab_file(root / "data" / DS / "dataset.json", root / "features" / DS / "vocab.json", 1)
+    build_vocab_file(root / "data" / DS / "dataset.json", root / "features" / DS / "text_bigru" / "vocab.json", 1)
     extract(cfg, DS, BK, root / "data" / DS, root / "features" / DS / BK, quiet=True)
     train(cfg, DS, BK, METHOD, SEED, run_path(root, "runs"), quiet=True)
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -64,7 +64,7 @@ def build_project(root: Path) -> dict:
 
 
 def run_path(root: Path, kind: str) -> Path:
-    return root / kind / DS / BK / METHOD / f"seed{SEED}"
+    return root / kind / DS / BK / "bigru" / METHOD / f"seed{SEED}"
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,15 @@ def test_a_second_experiment_runs_beside_the_default(tmp_path):
     assert default_k != K8["methods"]["grm"]["num_prompts"]
     run([str(BIN / "snakemake"), "--cores", "2"], project)
     metrics = snapshot(project, "results/**/metrics.json")
-    assert list(metrics) == ["results/synthetic/lite0_roi/grm/seed0/metrics.json"]
+    assert list(metrics) == ["results/synthetic/lite0_roi/bigru/grm/seed0/metrics.json"]
     kept = {**metrics, **snapshot(project, "runs/**/checkpoint.safetensors"), **snapshot(project, "reports/tables/*")}
     features = {p: p.stat().st_mtime_ns for p in project.glob("features/**/*.h5")}
 
     (project / "k8.yaml").write_text(yaml.safe_dump(K8))
     run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "k8.yaml"], project)
-    k8 = "experiments/k8/results/synthetic/lite0_roi/grm/seed0"
+    k8 = "experiments/k8/results/synthetic/lite0_roi/bigru/grm/seed0"
     for path in [f"{k8}/metrics.json", f"{k8}/robustness.json",
-                 "experiments/k8/runs/synthetic/lite0_roi/grm/seed0/checkpoint.safetensors",
+                 "experiments/k8/runs/synthetic/lite0_roi/bigru/grm/seed0/checkpoint.safetensors",
                  "reports/k8/tables/main.csv", "reports/k8/figures"]:
         assert (project / path).exists(), path
     # nothing of the default's was rewritten, and the shared features were not rebuilt

@@ -162,7 +162,7 @@ METHODS = {"grm": {}, "vse_mean": {"arch": "vse"}}
 
 
 def key(seed: int, stage: str = "evaluate") -> dict:
-    return {"dataset": "synthetic", "backbone": "lite0_roi", "method": "grm", "seed": seed, "stage": stage}
+    return {"dataset": "synthetic", "backbone": "lite0_roi", "text": "bigru", "method": "grm", "seed": seed, "stage": stage}
 
 
 def runs_by_key(url: str) -> dict[tuple, list]:
@@ -203,7 +203,7 @@ def test_server_stopped_mid_grid_then_synced(tmp_path, monkeypatch, capsys):
     assert time.monotonic() - started < 120  # bounded backoff
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unreachable" in err[0] and "fga tracking sync" in err[0]
-    assert [p.name for p in pending(cfg)] == ["synthetic.lite0_roi.grm.1.evaluate.json"]
+    assert [p.name for p in pending(cfg)] == ["synthetic.lite0_roi.bigru.grm.1.evaluate.json"]
     with pytest.raises(UserError, match="unreachable; 1 runs stay kept"):
         sync(cfg)
     with mlflow_server(tmp_path, backend, port=port):  # back, on the same address
@@ -222,15 +222,14 @@ def test_tracking_sync_verb_logs_kept_runs_once(tmp_path, monkeypatch, mlflow_st
     """`fga tracking sync` logs a kept run into the store, deletes its record, and is a no-op the second time."""
     from fga.cli import main
     from fga.config import load_params
-    from fga.io import write_json
-    from fga.tracking_sync import _record_path, _to_record, pending
+    from fga.tracking_sync import keep, pending
 
     monkeypatch.chdir(tmp_path)
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg["tracking"] = {**cfg["tracking"], "uri": mlflow_store, "artifact_root": "mlartifacts"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     params = load_params("params.yaml", [])
-    write_json(_record_path(params, key(3)), _to_record(key(3), {"metrics": {"rsum": 3.5}, "tags": {"split": "test"}}))
+    keep(params, key(3), metrics={"rsum": 3.5}, tags={"split": "test"})
     assert main(["tracking", "sync", "--quiet"]) == 0
     assert "1 kept runs logged" in capsys.readouterr().out and pending(params) == []
     assert main(["tracking", "sync"]) == 0

@@ -16,7 +16,7 @@ import pytest
 
 from fga.config import load_params
 from fga.evaluate.run import RanksFile
-from fga.grid import SWEEP_LISTS, sweep_cells
+from fga.grid import SWEEP_LISTS, run_path, sweep_cells, text_encoders
 from fga.report.grm import SWEEPS, grm_figures, grm_runs, grm_tables, sweep_frame, sweep_table, variant_label
 from report_frames import evaluation_frame
 
@@ -64,7 +64,8 @@ def test_every_params_variant_has_the_papers_name(cfg, method, label):
 
 def test_every_sweep_variant_is_a_grm_variant_in_params(cfg):
     cells = sweep_cells(cfg)
-    methods = {m for _, _, m, _ in cells}
+    methods = {m for _, _, _, m, _ in cells}
+    assert {t for _, _, t, _, _ in cells} == {text_encoders(cfg)[0]}  # the sweeps run on the grid's first encoder
     assert "grm" in methods and all(cfg["methods"][m].get("arch") == "grm" for m in methods - {"grm"})
     assert len(cells) == len(methods) * len(cfg["sweeps"]["backbones"]) * len(cfg["sweeps"]["seeds"])
     assert tuple(SWEEPS) == SWEEP_LISTS and set(SWEEP_LISTS) <= set(cfg["sweeps"])
@@ -86,6 +87,21 @@ def test_module_table_has_delta_and_paired_p_against_full_grm(cfg, tmp_path, mon
     assert "| −RP | grm_no_rp | 2 | 141.0 ± 8.5 | -57.0 |" in md and "GRM (full)" in md
     assert {f"grm_ablation_modules.{e}" for e in ("md", "csv", "tex")} <= {f.name for f in tmp_path.iterdir()}
     assert sweep_table(cfg, runs, "losses", tmp_path, quiet=True) is None  # no loss variant ran
+
+
+def test_sweep_table_compares_each_text_encoder_with_its_own_full_model(cfg, tmp_path, monkeypatch):
+    runs = pd.concat([frame([("grm", 0, 30.0), ("grm", 1, 31.0), ("grm_no_rp", 0, 20.0), ("grm_no_rp", 1, 22.0)]),
+                      evaluation_frame([("grm", 0, 40.0), ("grm", 1, 41.0), ("grm_no_rp", 0, 38.0),
+                                        ("grm_no_rp", 1, 40.0)], backbone=BK, text="minilm")], ignore_index=True)
+    stub(monkeypatch, runs)
+    summary = sweep_table(cfg, runs, "modules", tmp_path, quiet=True)
+    assert list(zip(summary["text"], summary["method"])) == [("bigru", "grm"), ("bigru", "grm_no_rp"),
+                                                              ("minilm", "grm"), ("minilm", "grm_no_rp")]
+    # rSum 6b + 15 per run: bigru full 198 -> -RP 141; minilm full 258 -> -RP 249
+    assert summary["delta_rsum"].tolist() == pytest.approx([0.0, 141.0 - 198.0, 0.0, 249.0 - 258.0])
+    assert "| Backbone | Text | Variant |" in (tmp_path / "grm_ablation_modules.md").read_text()
+    prov = pd.read_csv(tmp_path / "grm_ablation_modules_provenance.csv")
+    assert set(prov["result_file"]) == set(runs["result_file"]) and "text" in prov
 
 
 def test_diagnostics_table_is_mean_and_std_over_seeds(cfg, tmp_path, monkeypatch):
@@ -125,7 +141,7 @@ def test_runs_from_files_include_sweep_cells_and_diagnostics(cfg, tmp_path, monk
     block = {"i2t": {"R@1": 10.0, "R@5": 20.0, "R@10": 30.0}, "t2i": {"R@1": 5.0, "R@5": 15.0, "R@10": 25.0},
              "rsum": 105.0}
     for method, diag in (("grm", {"region_cos": 0.8}), ("grm_k3", {"region_cos": 0.7}), ("scan", None)):
-        d = tmp_path / "results" / "synthetic" / BK / method / "seed0"
+        d = tmp_path / "results" / run_path("synthetic", BK, text_encoders(cfg)[0], method, 0)
         d.mkdir(parents=True)
         metrics = {**block, "protocol": "full", "protocols": {"full": block}, "split": "test",
                    "weights_source": "packaged", **({"diagnostics": diag} if diag else {})}
@@ -144,7 +160,8 @@ def test_runs_from_mlflow_carry_the_logged_diagnostics(cfg, tmp_path, mlflow_sto
              "rsum": 105.0}
     for method, seed in (("grm", 0), ("grm_k3", 1), ("grm_no_rp", 7)):  # seed 7: in neither grid
         metrics = {"protocols": {"full": block}, "diagnostics": {"region_cos": 0.5 + seed}}
-        log_run(store, {"dataset": "synthetic", "backbone": BK, "method": method, "seed": seed, "stage": "evaluate"},
+        log_run(store, {"dataset": "synthetic", "backbone": BK, "text": text_encoders(cfg)[0], "method": method,
+                        "seed": seed, "stage": "evaluate"},
                 metrics=mlflow_metrics(metrics), tags={"protocol": "full", "split": "test", "weights_source": "x"})
     runs = grm_runs(store).set_index("method")
     assert sorted(runs.index) == ["grm", "grm_k3"]
@@ -168,7 +185,8 @@ def test_grm_sweeps_is_its_own_snakemake_target(cfg, tmp_path):
     n_runs = len(sweep_cells(cfg))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", sweeps, re.M))
     assert counts["train"] == counts["evaluate"] == str(n_runs) and counts["grm_sweeps"] == "1"
-    assert "rule grm_sweeps:" in sweeps and "results/synthetic/lite0_grid/grm_k50/seed2/metrics.json" in sweeps
+    k50 = run_path("synthetic", "lite0_grid", text_encoders(cfg)[0], "grm_k50", 2)
+    assert "rule grm_sweeps:" in sweeps and f"results/{k50}/metrics.json" in sweeps
     default = _dry_run(tmp_path)
     assert "rule grm_sweeps:" not in default and "grm_sweeps" not in dict(re.findall(r"^(\w+)\s+(\d+)$", default, re.M))
     assert "/grm_k50/" not in default and "/grm_no_l_ori/" not in default

@@ -92,7 +92,7 @@ def populate(tmp: Path, uri: str) -> dict:
             values["rsum"] = rsum(method, seed)
             metrics = {f"full/{k}": v for k, v in values.items()}
             metrics.update({f"full/ci/{k}_{b}": v + d for k, v in values.items() for b, d in (("lo", -2.5), ("hi", 2.5))})
-            log_run(cfg, {"dataset": "synthetic", "backbone": "lite0_roi", "method": method, "seed": seed,
+            log_run(cfg, {"dataset": "synthetic", "backbone": "lite0_roi", "text": "bigru", "method": method, "seed": seed,
                           "stage": "evaluate"}, metrics=metrics, params={"evaluate": {"split": "test"}},
                     tags={"protocol": "full", "split": "test", "weights_source": WEIGHTS, "data_hash": "9f2c41d07be3"})
     write_report(cfg, quiet=True)
@@ -174,21 +174,22 @@ class Page:
 def check_runs_list(page: Page, url: str, exp_id: str) -> None:
     """(b) the parents' seed-mean columns hold the seeds' mean; (c) every seed run fills the Dataset column."""
     page.driver.get(f"{url}/#/experiments/{exp_id}/runs")
-    page.shows("Training runs", "lite0_roi/grm", "lite0_roi/vse_mean", "report", "7 matching runs")
+    page.shows("Training runs", "lite0_roi/bigru/grm", "lite0_roi/bigru/vse_mean", "report", "7 matching runs")
     page.close_assistant()
     page.toggle_columns(AGGREGATES + ["Models", "Source"])  # the seed means in; two empty attribute columns out
     page.expand_parents()
-    page.shows("lite0_roi/grm/seed0/evaluate", "lite0_roi/grm/seed1/evaluate", "lite0_roi/vse_mean/seed1/evaluate")
+    page.shows("lite0_roi/bigru/grm/seed0/evaluate", "lite0_roi/bigru/grm/seed1/evaluate",
+               "lite0_roi/bigru/vse_mean/seed1/evaluate")
     rows = page.grid_rows()
     for method in BASES:
-        parents = [r for r in rows if f"lite0_roi/{method}" in r["text"].split()]
+        parents = [r for r in rows if f"lite0_roi/bigru/{method}" in r["text"].split()]
         assert len(parents) == 1, rows
         parent = parents[0]
         cells = {col: text for col, text in parent["cells"].items() if "rsum_mean" in col or "n_seeds" in col}
         assert len(cells) == 2, parent
         mean = (rsum(method, 0) + rsum(method, 1)) / 2
         assert sorted(cells.values()) == sorted([f"{mean:g}", "2"]), cells
-        seeds = [r for r in rows if f"lite0_roi/{method}/seed" in r["text"]]
+        seeds = [r for r in rows if f"lite0_roi/bigru/{method}/seed" in r["text"]]
         assert len(seeds) == 2 and all("synthetic" in r["text"] for r in seeds), seeds  # the Dataset column
     small_png(page.driver.get_screenshot_as_png(), screenshot_path(page.tmp, "runs"))
 
@@ -205,7 +206,7 @@ def check_main_table(page: Page, url: str, exp_id: str, report_id: str, main_csv
     page.shows(" ± ")
     (table,) = page.driver.find_elements(by.CSS_SELECTOR, "[role='table']")
     headers = [h.text for h in table.find_elements(by.CSS_SELECTOR, "[role='columnheader']")]
-    assert "Weights" not in headers and headers[:4] == ["Dataset", "Backbone", "Method", "Seeds"], headers
+    assert "Weights" not in headers and headers[:5] == ["Dataset", "Backbone", "Text", "Method", "Seeds"], headers
     rows = [row.find_elements(by.CSS_SELECTOR, "[role='cell']")
             for row in table.find_elements(by.CSS_SELECTOR, "[role='row']")]
     rows = [r for r in rows if r]  # the header row has column headers, no cells

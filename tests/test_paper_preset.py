@@ -109,7 +109,7 @@ def test_preset_dry_run_plans_the_paper_grid_with_gpu_requests(tmp_path):
     n_runs = len(grid["datasets"]) * len(grid["backbones"]) * len(grid["methods"]) * len(grid["seeds"])
     assert n_runs == 2 * 4 * 3 * 3
     counts = job_counts(log)
-    assert counts == {"prepare_data": 2, "vocabulary": 2, "extract_features": 8, **{r: n_runs for r in RUN_RULES},
+    assert counts == {"prepare_data": 2, "extract_features": 8, **{r: n_runs for r in RUN_RULES},
                       "report": 1, "all": 1}, counts
     # every train/evaluate/robustness job asks Slurm for what the profile says, a GPU included
     profile = yaml.safe_load((project / PROFILE / "config.yaml").read_text())["set-resources"]
@@ -179,7 +179,7 @@ def test_preset_standin_runs_for_real_on_the_cpu(tmp_path, server, flickr_files)
     for dataset in grid["datasets"]:
         for backbone in grid["backbones"]:
             for method in grid["methods"]:
-                run_id = f"{dataset}/{backbone}/{method}/seed0"
+                run_id = f"{dataset}/{backbone}/bert_base/{method}/seed0"
                 ckpt = load_checkpoint(project / f"runs/{run_id}/checkpoint.safetensors")
                 meta = ckpt["meta"]
                 # finetune: the backbone's and BERT's weights travel in the checkpoint; 2 epochs

@@ -82,7 +82,7 @@ def test_precomp_store_feeds_the_rest_of_the_pipeline(cfg, tmp_path, monkeypatch
     data = Path("data/f30k_precomp")
     feats = make_npy_layout(data)
     build_features(cfg, "f30k_precomp", "butd", data, Path("features/f30k_precomp/butd"), splits=("test",), quiet=True)
-    build_vocab_file(data / "dataset.json", Path("features/f30k_precomp/vocab.json"), 1)
+    build_vocab_file(data / "dataset.json", Path("features/f30k_precomp/text_bigru/vocab.json"), 1)
     split = load_split(cfg, "f30k_precomp", "butd", "test")
     assert split.n_images == 2 and split.tokens.shape[0] == 10
     np.testing.assert_array_equal(split.regions.numpy(), feats["testall"].astype(np.float16))

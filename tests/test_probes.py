@@ -116,7 +116,7 @@ def test_evaluate_scores_the_probes_with_the_run_model(in_project):
     run = load_run(cfg, DS, BK, METHOD, SEED, ckpt, "test")
     img, txt = encode_split(run.model, run.data, run.device)
     sim = run.model.similarity(img, txt).detach().numpy()
-    extra = encode_texts(run.model, *caption_tokens(cfg, [p["text"] for p in probes], root / "features" / DS / "vocab.json"),
+    extra = encode_texts(run.model, *caption_tokens(cfg, [p["text"] for p in probes], root / "features" / DS / "text_bigru" / "vocab.json"),
                          run.device)
     scores = pr.probe_scores(run.model, img, cat_encoded([txt, extra]), probes)
     want = np.array([sim[p["image"], p["caption"]] for p in probes])

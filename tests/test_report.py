@@ -17,12 +17,14 @@ from fga.tracking import experiment_name, log_run
 SEEDS = (0, 1, 2)
 METHODS = {"grm": {"embed_dim": 8}, "grm_no_sa": {"arch": "grm", "use_saliency": False},
            "grm_no_rp": {"arch": "grm", "use_region_prompt": False}, "vse_mean": {"embed_dim": 8}}
+TEXT = "bigru"  # the caption encoder of these runs (grid.text_encoders)
 BINS = {"1-3": 40, "4-6": 35, "7plus": 25, "cluttered": 30, "all": 100}
 DISTRACTORS = (0, 2, 4)
 
 
 def make_cfg(tmp: Path, uri: str, methods=tuple(METHODS)) -> dict:
-    return {"grid": {"datasets": ["synthetic"], "backbones": ["lite0_roi"], "methods": list(methods), "seeds": list(SEEDS)},
+    return {"grid": {"datasets": ["synthetic"], "backbones": ["lite0_roi"], "text_encoders": [TEXT],
+                     "methods": list(methods), "seeds": list(SEEDS)},
             "methods": METHODS,
             "tracking": {"uri": uri, "artifact_root": str(tmp / "mlartifacts")},
             "report": {"tables_dir": str(tmp / "reports/tables"), "figures_dir": str(tmp / "reports/figures")}}
@@ -35,12 +37,13 @@ def recall(method: str, seed: int, shift: float = 0.0) -> dict[str, float]:
     return vals
 
 
-def key(method, seed, stage):
-    return {"dataset": "synthetic", "backbone": "lite0_roi", "method": method, "seed": seed, "stage": stage}
+def key(method, seed, stage, text=TEXT):
+    return {"dataset": "synthetic", "backbone": "lite0_roi", "text": text, "method": method, "seed": seed,
+            "stage": stage}
 
 
-def log_evaluate(cfg, method, seed, *, ci=True, qbnorm=True, artifacts=None):
-    vals = recall(method, seed)
+def log_evaluate(cfg, method, seed, *, ci=True, qbnorm=True, artifacts=None, text=TEXT, shift=0.0):
+    vals = recall(method, seed, shift)
     metrics = {f"full/{k}": v for k, v in vals.items()}
     if ci:
         metrics.update({f"full/ci/{k}_lo": v - 2 for k, v in vals.items()})
@@ -48,11 +51,11 @@ def log_evaluate(cfg, method, seed, *, ci=True, qbnorm=True, artifacts=None):
     if qbnorm:
         qb = {k: v + 1 for k, v in vals.items() if k != "rsum"}  # +1 on each recall: +6 rSum
         metrics.update({f"qbnorm/full/{k}": v for k, v in {**qb, "rsum": sum(qb.values())}.items()})
-    return log_run(cfg, key(method, seed, "evaluate"), metrics=metrics, artifacts=artifacts,
+    return log_run(cfg, key(method, seed, "evaluate", text), metrics=metrics, artifacts=artifacts,
                    tags={"protocol": "full", "split": "test", "weights_source": "packaged"})
 
 
-def log_robustness(cfg, method, seed, prefix="full/"):
+def log_robustness(cfg, method, seed, prefix="full/", text=TEXT):
     """The keys fga.evaluate.robustness_run.mlflow_metrics logs (prefix "": runs logged before the protocol prefix)."""
     metrics = {}
     for i, (label, n) in enumerate(BINS.items()):
@@ -64,7 +67,7 @@ def log_robustness(cfg, method, seed, prefix="full/"):
     # another protocol's blocks never mix into the run's own
     metrics.update({f"coco1k/clutter/{label}/rsum": 1.0 for label in BINS})
     metrics.update({f"coco1k/distractors/{n}/rsum": 1.0 for n in DISTRACTORS})
-    return log_run(cfg, key(method, seed, "robustness"), metrics=metrics, tags={"protocol": "full"})
+    return log_run(cfg, key(method, seed, "robustness", text), metrics=metrics, tags={"protocol": "full"})
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,7 @@ def test_main_table_means_ci_and_provenance(full_report):
     assert "rSum 95% CI" in md and "±" in md
     assert "\\toprule" in (tables / "main.tex").read_text() and "$\\pm$" in (tables / "main.tex").read_text()
     prov = pd.read_csv(tables / "main_provenance.csv")
-    assert sorted(prov["result_file"]) == sorted(f"results/synthetic/lite0_roi/{m}/seed{s}/metrics.json"
+    assert sorted(prov["result_file"]) == sorted(f"results/synthetic/lite0_roi/{TEXT}/{m}/seed{s}/metrics.json"
                                                  for (m, s, st) in ids if st == "evaluate")
     assert (prov["weights"] == "packaged").all() and "run_id" not in prov
     assert "Weights: lite0_roi = packaged." in md and "| Weights |" not in md
@@ -139,7 +142,49 @@ def test_grid_ablation_variants_fill_the_ablation_table_not_the_main_one(tmp_pat
     abl = pd.read_csv(tables / "ablation.csv")
     assert list(abl["method"]) == ["grm", "grm_no_rp"] and (abl["seeds"] == 3).all()
     assert "grid/lite0_roi/grm_no_sa/seed0" not in (tables / "main.md").read_text()
-    assert "synthetic/lite0_roi/grm_no_sa/seed0" in (tables / "main.md").read_text()  # named as missing
+    assert "synthetic/lite0_roi/bigru/grm_no_sa/seed0" in (tables / "main.md").read_text()  # named as missing
+
+def test_two_text_encoders_stay_apart_in_every_table(tmp_path, mlflow_store):
+    """grid.text_encoders [bigru, minilm]: each (method, encoder) is a row of its own (minilm's runs score 10 points
+    more per recall), the provenance names runs by their encoder's results path, and a run logged before the `text`
+    tag existed counts as the BiGRU's."""
+    import mlflow
+
+    cfg = make_cfg(tmp_path, mlflow_store, methods=("grm", "vse_mean"))
+    cfg["methods"] = {"grm": {}, "vse_mean": {}}
+    cfg["grid"]["text_encoders"] = [TEXT, "minilm"]
+    legacy = None
+    for text, shift in ((TEXT, 0.0), ("minilm", 10.0)):
+        for method in ("grm", "vse_mean"):
+            for seed in SEEDS:
+                run_id = log_evaluate(cfg, method, seed, text=text, shift=shift)
+                log_robustness(cfg, method, seed, text=text)
+                legacy = legacy or run_id  # bigru grm seed 0
+    mlflow.MlflowClient(tracking_uri=cfg["tracking"]["uri"]).delete_tag(legacy, "text")
+    write_report(cfg, quiet=True)
+    tables = tmp_path / "reports/tables"
+    main = pd.read_csv(tables / "main.csv")
+    assert list(zip(main["text"], main["method"], main["seeds"])) == [
+        (TEXT, "grm", 3), (TEXT, "vse_mean", 3), ("minilm", "grm", 3), ("minilm", "vse_mean", 3)]
+    rsum = main.set_index(["text", "method"])["rsum_mean"]
+    for method in ("grm", "vse_mean"):
+        mean = sum(recall(method, s)["rsum"] for s in SEEDS) / 3
+        assert rsum[(TEXT, method)] == pytest.approx(mean, abs=1e-3)
+        assert rsum[("minilm", method)] == pytest.approx(mean + 60, abs=1e-3)
+    assert "| Dataset | Backbone | Text | Method | Seeds |" in (tables / "main.md").read_text()
+    assert "Incomplete grid" not in (tables / "main.md").read_text()  # the untagged run fills bigru's cell
+    prov = pd.read_csv(tables / "main_provenance.csv")
+    assert sorted(prov["result_file"]) == sorted(f"results/synthetic/lite0_roi/{t}/{m}/seed{s}/metrics.json"
+                                                 for t in (TEXT, "minilm") for m in ("grm", "vse_mean") for s in SEEDS)
+    assert (prov["result_file"].str.split("/").str[3] == prov["text"]).all()
+    clutter = pd.read_csv(tables / "robustness_clutter.csv")
+    assert set(zip(clutter["text"], clutter["method"])) == {(t, m) for t in (TEXT, "minilm")
+                                                            for m in ("grm", "vse_mean")}
+    assert "| Dataset | Backbone | Text | Method | Seeds |" in (tables / "robustness_clutter.md").read_text()
+    qb = pd.read_csv(tables / "qbnorm.csv")
+    assert list(qb["text"]) == [TEXT, TEXT, "minilm", "minilm"]
+    assert (tmp_path / "reports/figures/seed_spread.png").stat().st_size > 5000
+
 
 def test_robustness_tables(full_report):
     tmp, _, ids = full_report
@@ -156,7 +201,7 @@ def test_robustness_tables(full_report):
     md = (tables / "robustness_clutter.md").read_text()
     assert "rSum 1-3 (n=40)" in md and "rSum 7plus (n=25)" in md
     prov = pd.read_csv(tables / "robustness_clutter_provenance.csv")
-    assert set(prov["result_file"]) == {f"results/synthetic/lite0_roi/{m}/seed{s}/robustness.json"
+    assert set(prov["result_file"]) == {f"results/synthetic/lite0_roi/{TEXT}/{m}/seed{s}/robustness.json"
                                         for (m, s, st) in ids if st == "robustness"}
     dis = pd.read_csv(tables / "robustness_distractors.csv")
     assert sorted(dis["n_extra"].unique()) == list(DISTRACTORS)
@@ -299,7 +344,7 @@ def test_report_run_holds_the_run_id_map_and_the_sortable_main_table(full_report
     client = mlflow.MlflowClient()
     run_id = report["run_id"][0]
     id_map = pd.read_csv(client.download_artifacts(run_id, "provenance_run_ids.csv", str(tmp / "dl")))
-    assert list(id_map.columns) == ["stage", "dataset", "backbone", "method", "seed", "result_file", "run_id"]
+    assert list(id_map.columns) == ["stage", "dataset", "backbone", "text", "method", "seed", "result_file", "run_id"]
     # every run the report read: the evaluate and the robustness runs
     assert {(m, s, st): r for st, m, s, r in zip(id_map["stage"], id_map["method"], id_map["seed"], id_map["run_id"])} \
         == ids
@@ -344,7 +389,7 @@ def test_degrades_without_robustness_variants_or_ci(tmp_path, mlflow_store, caps
     assert "Incomplete grid" in (tmp_path / "reports/tables/main.md").read_text()
     for what in ("ablation table skipped", "QB-Norm table skipped", "clutter table and figure skipped",
                  "distractor table and figure skipped", "heat maps skipped", "no ranks.npz artifact in the evaluate "
-                 "run of synthetic/lite0_roi/grm/seed0", "significance table skipped"):
+                 "run of synthetic/lite0_roi/bigru/grm/seed0", "significance table skipped"):
         assert what in out
     tables = {p.name for p in (tmp_path / "reports/tables").iterdir()}
     assert tables == {f"{n}{s}" for n in ("main", "paper_reference") for s in (".md", ".csv", ".tex", "_provenance.csv")}

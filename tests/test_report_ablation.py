@@ -41,3 +41,15 @@ def test_ablation_table_without_the_full_model_or_variants(tmp_path, capsys):
     runs = evaluation_frame([("grm", 0, 30.0), ("vse", 0, 20.0)])
     assert not ablation_table(CFG, runs, summarise(runs), tmp_path / "none", quiet=False)
     assert "ablation table skipped" in capsys.readouterr().out
+
+
+def test_ablation_table_compares_variants_with_the_full_model_of_their_text_encoder(tmp_path):
+    runs = pd.concat([evaluation_frame([("grm", 0, 30.0), ("grm_no_sa", 0, 25.0)]),
+                      evaluation_frame([("grm", 0, 40.0), ("grm_no_sa", 0, 38.0)], text="minilm")], ignore_index=True)
+    assert ablation_table(CFG, runs, summarise(runs), tmp_path, quiet=True)
+    data = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(zip(data["text"], data["method"])) == [("bigru", "grm"), ("bigru", "grm_no_sa"),
+                                                        ("minilm", "grm"), ("minilm", "grm_no_sa")]
+    assert data["delta_rsum"].tolist() == pytest.approx([0.0, -30.0, 0.0, -12.0])
+    assert "| Dataset | Protocol | Backbone | Text | Model |" in (tmp_path / "ablation.md").read_text()
+    assert sorted(pd.read_csv(tmp_path / "ablation_provenance.csv")["text"]) == ["bigru"] * 2 + ["minilm"] * 2

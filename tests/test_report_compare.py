@@ -9,14 +9,15 @@ import pytest
 from fga.errors import UserError
 from fga.report.compare import experiment_names, write_comparison
 from fga.tracking import log_run
-from test_report import SEEDS, key, log_evaluate, make_cfg, recall
+from test_report import SEEDS, TEXT, key, log_evaluate, make_cfg, recall
 
 SHIFT = 2.0  # the k8 experiment's grm scores 2 points more per recall: +12 rSum
 
 
 @pytest.fixture(scope="module")
 def two_experiments(tmp_path_factory, _empty_store_template):
-    """default: grm and vse_mean x 3 seeds; k8: grm x 3 seeds (+SHIFT per recall) and a method outside the grid."""
+    """default: grm and vse_mean x 3 seeds; k8: grm x 3 seeds (+SHIFT per recall), a method and a text encoder
+    outside the grid."""
     tmp = tmp_path_factory.mktemp("compare")
     shutil.copy(_empty_store_template, tmp / "mlruns.db")
     cfg = make_cfg(tmp, f"sqlite:///{tmp / 'mlruns.db'}", methods=("grm", "vse_mean"))
@@ -27,6 +28,7 @@ def two_experiments(tmp_path_factory, _empty_store_template):
             metrics = {f"full/{k}": v for k, v in recall(method, seed, shift=SHIFT).items()}
             ids[("k8", method, seed)] = log_run(k8, key(method, seed, "evaluate"), metrics=metrics,
                                                 tags={"protocol": "full", "split": "test", "weights_source": "packaged"})
+    log_evaluate(k8, "grm", 0, text="minilm", shift=50.0)  # not in grid.text_encoders: in no table
     return tmp, cfg, ids
 
 
@@ -44,12 +46,13 @@ def test_comparison_rows_and_rsum_delta(two_experiments):
     assert delta[("k8", "grm")] == pytest.approx(6 * SHIFT, abs=1e-3)
     assert delta[["default"]].isna().all()  # the reference experiment has no difference to itself
     md = (out / "compare_default_vs_k8.md").read_text()
-    assert "| Experiment |" in md and "ΔrSum vs default" in md and "+12.0" in md
+    assert "| Experiment | Dataset | Backbone | Text | Method |" in md and "ΔrSum vs default" in md and "+12.0" in md
+    assert (table["text"] == TEXT).all()
     assert "\\toprule" in (out / "compare_default_vs_k8.tex").read_text()
     prov = pd.read_csv(out / "compare_default_vs_k8_provenance.csv")
     # the runs of both experiments in the grid's cells (k8's grm_no_sa is not one), by their result files
     roots = {"default": "results", "k8": "experiments/k8/results"}
-    assert sorted(prov["result_file"]) == sorted(f"{roots[e]}/synthetic/lite0_roi/{m}/seed{s}/metrics.json"
+    assert sorted(prov["result_file"]) == sorted(f"{roots[e]}/synthetic/lite0_roi/{TEXT}/{m}/seed{s}/metrics.json"
                                                  for (e, m, s) in ids if m != "grm_no_sa")
     assert list(prov[["experiment", "method", "seed"]].itertuples(index=False, name=None)) == \
         sorted((e, m, s) for (e, m, s) in ids if m != "grm_no_sa")

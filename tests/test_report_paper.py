@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fga.report.paper import PAPER_GRM_RSUM, PAPER_SOURCE, paper_table
+from fga.report.paper import PAPER_GRM_RSUM, PAPER_SOURCE, PAPER_TEXT, paper_table
 
 
 def test_paper_table_is_labelled_and_has_no_run(tmp_path):
@@ -14,4 +14,6 @@ def test_paper_table_is_labelled_and_has_no_run(tmp_path):
     prov = pd.read_csv(tmp_path / "paper_reference_provenance.csv", keep_default_na=False)
     assert (prov["source"] == PAPER_SOURCE).all() and (prov["result_file"] == "").all() and len(prov) == 12
     assert "AAAI 2026" in PAPER_SOURCE and "docs/methods.md#faithfulness" in PAPER_SOURCE
-    assert "| Swin-B-384 | 550.7 | 548.0 | 478.3 |" in (tmp_path / "paper_reference.md").read_text()
+    md = (tmp_path / "paper_reference.md").read_text()
+    assert "| Backbone | Text | Flickr30K 1K rSum |" in md and "| Swin-B-384 | bert_base | 550.7 | 548.0 | 478.3 |" in md
+    assert PAPER_TEXT == "bert_base" and (prov["text"] == PAPER_TEXT).all()  # the paper's BERT-base caption encoder

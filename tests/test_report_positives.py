@@ -51,6 +51,8 @@ def test_tables_from_the_runs(tmp_path, mlflow_store):
     assert "mAP@R" in md and "Ties: `pessimistic` rule" in md and "rSum (own GT)" in md
     prov = pd.read_csv(out / "positives_provenance.csv")
     assert "run_id" not in prov and len(prov) == 6
+    assert list(prov.columns[:5]) == ["dataset", "backbone", "text", "method", "seed"]
+    assert "| Dataset | Backbone | Text | Method | Seeds |" in md
     binding = pd.read_csv(out / "binding.csv")
     vse = binding[binding["method"] == "vse_mean"].iloc[0]
     assert vse["all_accuracy_mean"] == pytest.approx(58.5) and vse["attribute_ties_mean"] == pytest.approx(40.0)
@@ -89,9 +91,9 @@ def test_tie_rule_note_reads_the_runs(tmp_path, mlflow_store):
 def test_tie_rules_from_result_files(tmp_path):
     """--from-files: metrics.json's `ties` is the rule, a file from before the option ranked pessimistically."""
     result = {"protocol": "full", "protocols": {}, "split": "test", "weights_source": "packaged"}
-    rows = [_row(tmp_path / f"seed{seed}", "evaluate", ("d", "b", "grm", seed),
+    rows = [_row(tmp_path / f"seed{seed}", "evaluate", ("d", "b", "bigru", "grm", seed),
                  result if rule is None else {**result, "ties": rule})
             for seed, rule in enumerate(("argsort", None))]
     runs = evaluation_runs({"report": {"source": "files"}}, pd.DataFrame(rows))
-    assert runs["tie_rule"].tolist() == ["argsort", "pessimistic"]
+    assert runs["tie_rule"].tolist() == ["argsort", "pessimistic"] and set(runs["text"]) == {"bigru"}
     assert tie_rules(runs) == ["argsort", "pessimistic"]

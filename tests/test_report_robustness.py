@@ -13,8 +13,9 @@ def long_frame(level: str, values: list, with_n: bool = False) -> pd.DataFrame:
     for method in ("grm", "vse"):
         for seed in (0, 1):
             for i, v in enumerate(values):
-                row = {"dataset": "d", "backbone": "b", "method": method, "seed": seed, "run_id": f"{method}{seed}",
-                       "result_file": f"results/d/b/{method}/seed{seed}/robustness.json", level: v,
+                row = {"dataset": "d", "backbone": "b", "text": "bigru", "method": method, "seed": seed,
+                       "run_id": f"{method}{seed}",
+                       "result_file": f"results/d/b/bigru/{method}/seed{seed}/robustness.json", level: v,
                        **recalls(10.0 * i + seed + (5 if method == "grm" else 0))}
                 if with_n:
                     row["n_images"] = 10 + i
@@ -28,7 +29,7 @@ def test_clutter_table_orders_bins_and_names_their_sizes(tmp_path):
     assert list(data[data["method"] == "grm"]["bin"]) == ["1-3", "4plus", "cluttered", "all"]
     assert data["seeds"].tolist() == [2] * 8 and data["n_images"].tolist() == [10, 11, 12, 13] * 2
     md = (tmp_path / "robustness_clutter.md").read_text()
-    assert "| Dataset | Backbone | Method | Seeds | rSum 1-3 (n=10) | rSum 4plus (n=11) |" in md
+    assert "| Dataset | Backbone | Text | Method | Seeds | rSum 1-3 (n=10) | rSum 4plus (n=11) |" in md
     grm_all = data[(data["method"] == "grm") & (data["bin"] == "all")].iloc[0]
     assert grm_all["rsum_mean"] == pytest.approx((recalls(35.0)["rsum"] + recalls(36.0)["rsum"]) / 2)
 

@@ -11,16 +11,18 @@ import pytest
 from fga.errors import UserError
 from fga.grid import grid_cells
 from fga.report.runs import (attention_maps, bin_order, evaluation_runs, in_grid, missing_runs,
-                             robustness_runs, run_ranks)
+                             robustness_runs, run_ranks, series_label)
 
-GRID = {"grid": {"datasets": ["d"], "backbones": ["b"], "methods": ["grm", "vse"], "seeds": [0, 1],
-                 "ablation": {"backbones": ["b"], "methods": ["grm_no_rp"]}}}
+GRID = {"grid": {"datasets": ["d"], "backbones": ["b"], "text_encoders": ["bigru"], "methods": ["grm", "vse"],
+                 "seeds": [0, 1], "ablation": {"backbones": ["b"], "methods": ["grm_no_rp"]}}}
 
 
-def mlflow_row(method: str, seed: int, stage_metrics: dict[str, float], protocol: str = "full") -> dict:
+def mlflow_row(method: str, seed: int, stage_metrics: dict[str, float], protocol: str = "full",
+               text: str | None = "bigru") -> dict:
+    """A search_runs row; text=None: a run logged before the `text` tag existed."""
     tags = {"tags.dataset": "d", "tags.backbone": "b", "tags.method": method, "tags.seed": str(seed),
-            "tags.protocol": protocol}
-    return {"run_id": f"{method}{seed}", **tags, **{f"metrics.{k}": v for k, v in stage_metrics.items()}}
+            "tags.protocol": protocol, **({"tags.text": text} if text else {})}
+    return {"run_id": f"{method}{seed}{text or ''}", **tags, **{f"metrics.{k}": v for k, v in stage_metrics.items()}}
 
 
 def test_evaluation_runs_read_the_runs_protocol_ci_and_qbnorm():
@@ -45,23 +47,43 @@ def test_evaluation_runs_read_the_tie_rule_from_the_params_columns():
 
 
 def test_runs_name_their_result_files_under_the_experiments_results_root():
-    row = mlflow_row("grm", 1, {"full/rsum": 70.0, "full/clutter/all/rsum": 9.0})
-    assert evaluation_runs({}, pd.DataFrame([row]))["result_file"].tolist() == ["results/d/b/grm/seed1/metrics.json"]
+    row = mlflow_row("grm", 1, {"full/rsum": 70.0, "full/clutter/all/rsum": 9.0}, text="minilm")
+    assert evaluation_runs({}, pd.DataFrame([row]))["result_file"].tolist() == [
+        "results/d/b/minilm/grm/seed1/metrics.json"]
     frame = evaluation_runs({"experiment": "k8"}, pd.DataFrame([row]))
-    assert frame["result_file"].tolist() == ["experiments/k8/results/d/b/grm/seed1/metrics.json"]
+    assert frame["result_file"].tolist() == ["experiments/k8/results/d/b/minilm/grm/seed1/metrics.json"]
     bins, _ = robustness_runs({}, pd.DataFrame([row]))
-    assert bins["result_file"].tolist() == ["results/d/b/grm/seed1/robustness.json"]
+    assert bins["result_file"].tolist() == ["results/d/b/minilm/grm/seed1/robustness.json"]
+
+
+def test_runs_without_a_text_tag_are_the_bigrus():
+    """Runs logged before the text-encoder axis carry no `text` tag (no column, or NaN beside tagged runs)."""
+    old = mlflow_row("grm", 0, {"full/rsum": 70.0, "full/distractors/0/rsum": 5.0}, text=None)
+    assert evaluation_runs({}, pd.DataFrame([old]))["text"].tolist() == ["bigru"]
+    mixed = pd.DataFrame([old, mlflow_row("grm", 0, {"full/rsum": 60.0, "full/distractors/0/rsum": 4.0},
+                                          text="minilm")])
+    frame = evaluation_runs({}, mixed)
+    assert list(zip(frame["text"], frame["rsum"])) == [("bigru", 70.0), ("minilm", 60.0)]
+    assert frame["result_file"].tolist() == [f"results/d/b/{t}/grm/seed0/metrics.json" for t in ("bigru", "minilm")]
+    _, levels = robustness_runs({}, mixed)
+    assert list(zip(levels["text"], levels["rsum"])) == [("bigru", 5.0), ("minilm", 4.0)]
 
 
 def test_grid_cells_in_grid_and_missing_runs():
     cells = grid_cells(GRID)
-    assert cells[:4] == [("d", "b", "grm", 0), ("d", "b", "grm", 1), ("d", "b", "vse", 0), ("d", "b", "vse", 1)]
-    assert cells[4:] == [("d", "b", "grm_no_rp", 0), ("d", "b", "grm_no_rp", 1)]
-    runs = pd.DataFrame({"dataset": "d", "backbone": "b", "method": ["grm", "grm_no_rp", "old", "vse"],
-                         "seed": [0, 0, 0, 1]})
-    assert list(in_grid(GRID, runs)["method"]) == ["grm", "grm_no_rp", "vse"]
+    assert cells[:4] == [("d", "b", "bigru", "grm", 0), ("d", "b", "bigru", "grm", 1), ("d", "b", "bigru", "vse", 0),
+                         ("d", "b", "bigru", "vse", 1)]
+    assert cells[4:] == [("d", "b", "bigru", "grm_no_rp", 0), ("d", "b", "bigru", "grm_no_rp", 1)]
+    runs = pd.DataFrame({"dataset": "d", "backbone": "b", "text": ["bigru", "bigru", "bigru", "minilm", "bigru"],
+                         "method": ["grm", "grm_no_rp", "old", "grm", "vse"], "seed": [0, 0, 0, 1, 1]})
+    assert list(in_grid(GRID, runs)["method"]) == ["grm", "grm_no_rp", "vse"]  # minilm is not in this grid
     assert list(in_grid(GRID, runs, ablation=False)["method"]) == ["grm", "vse"]
-    assert missing_runs(GRID, runs) == ["d/b/grm/seed1", "d/b/vse/seed0", "d/b/grm_no_rp/seed1"]
+    assert missing_runs(GRID, runs) == ["d/b/bigru/grm/seed1", "d/b/bigru/vse/seed0", "d/b/bigru/grm_no_rp/seed1"]
+    two = {"grid": {**GRID["grid"], "text_encoders": ["bigru", "minilm"]}}
+    assert list(zip(*(in_grid(two, runs, ablation=False)[k] for k in ("text", "method")))) == [
+        ("bigru", "grm"), ("minilm", "grm"), ("bigru", "vse")]
+    assert missing_runs(two, runs)[:4] == ["d/b/bigru/grm/seed1", "d/b/bigru/vse/seed0", "d/b/minilm/grm/seed0",
+                                           "d/b/minilm/vse/seed0"]
 
 
 def test_robustness_runs_long_frames_of_the_runs_protocol():
@@ -106,3 +128,12 @@ def test_attention_maps_of_both_file_layouts(tmp_path, monkeypatch):
     assert attention_maps({}, "r", "b.json", tmp_path) == [{"words": ["z"]}]  # an older single-map file
     with pytest.raises(TypeError, match="'maps' is not a list"):
         attention_maps({}, "r", "c.json", tmp_path)
+
+
+def test_series_label_adds_the_text_encoder_only_when_there_are_several():
+    one = pd.DataFrame({"method": ["grm", "vse"], "backbone": "b", "text": "bigru"})
+    assert series_label(one).tolist() == ["grm", "vse"]
+    assert series_label(one.drop(columns="text")).tolist() == ["grm", "vse"]
+    two = one.assign(text=["bigru", "minilm"])
+    assert series_label(two).tolist() == ["grm + bigru", "vse + minilm"]
+    assert series_label(two, "backbone").tolist() == ["b + bigru", "b + minilm"]

@@ -27,8 +27,8 @@ def ranks(pair, ids=range(N)) -> RanksFile:
 
 def test_per_seed_rows_and_the_over_seeds_row(tmp_path, monkeypatch):
     runs = evaluation_frame([("grm", 0, 30.0), ("grm", 1, 30.0), ("vse", 0, 20.0), ("vse", 1, 20.0)])
-    stub_ranks(monkeypatch, {"grm-0": ranks(STRONG), "vse-0": ranks(WEAK), "grm-1": ranks(STRONG),
-                             "vse-1": ranks(WEAK)})
+    stub_ranks(monkeypatch, {"grm-0-bigru": ranks(STRONG), "vse-0-bigru": ranks(WEAK), "grm-1-bigru": ranks(STRONG),
+                             "vse-1-bigru": ranks(WEAK)})
     assert significance_table(CFG, runs, tmp_path, quiet=True)
     data = pd.read_csv(tmp_path / "significance.csv", dtype={"seed": str})
     assert list(data["seed"]) == ["0", "1", "all"]
@@ -38,17 +38,18 @@ def test_per_seed_rows_and_the_over_seeds_row(tmp_path, monkeypatch):
     md = (tmp_path / "significance.md").read_text()
     assert "ΔrSum 90% CI" in md and "200 resamples, seed 2" in md
     prov = pd.read_csv(tmp_path / "significance_provenance.csv")
-    assert list(prov["baseline_result_file"]) == [f"results/synthetic/b/vse/seed{s}/metrics.json" for s in (0, 1)]
-    assert list(prov["result_file"]) == [f"results/synthetic/b/grm/seed{s}/metrics.json" for s in (0, 1)]
+    assert list(prov["baseline_result_file"]) == [f"results/synthetic/b/bigru/vse/seed{s}/metrics.json" for s in (0, 1)]
+    assert list(prov["result_file"]) == [f"results/synthetic/b/bigru/grm/seed{s}/metrics.json" for s in (0, 1)]
     assert not [c for c in data if "run_id" in c]  # the table's CSV names runs by their result files too
 
 
 def test_rows_without_ranks_or_on_other_queries_are_skipped(tmp_path, monkeypatch, capsys):
     runs = evaluation_frame([("grm", 0, 30.0), ("grm", 1, 30.0), ("vse", 0, 20.0), ("vse", 1, 20.0)])
-    stub_ranks(monkeypatch, {"grm-0": ranks(STRONG), "vse-0": ranks(WEAK, ids=range(1, N + 1)), "grm-1": ranks(STRONG)})
+    stub_ranks(monkeypatch, {"grm-0-bigru": ranks(STRONG), "vse-0-bigru": ranks(WEAK, ids=range(1, N + 1)),
+                             "grm-1-bigru": ranks(STRONG)})
     assert not significance_table(CFG, runs, tmp_path, quiet=False)
     out = capsys.readouterr().out
-    assert "synthetic/b/grm/seed0 and synthetic/b/vse/seed0 ranked different test queries" in out
-    assert "no ranks.npz artifact in the evaluate run of synthetic/b/vse/seed1" in out
+    assert "synthetic/b/bigru/grm/seed0 and synthetic/b/bigru/vse/seed0 ranked different test queries" in out
+    assert "no ranks.npz artifact in the evaluate run of synthetic/b/bigru/vse/seed1" in out
     assert "significance table skipped" in out and not list(tmp_path.iterdir())
     assert not significance_table(CFG, evaluation_frame([("vse", 0, 20.0)]), tmp_path, quiet=True)

@@ -26,9 +26,9 @@ def test_display_cells_and_ci_column():
     summary = summarise(evaluation_frame([("grm", 0, 30.0), ("grm", 1, 32.0)]))
     summary.loc[0, "i2t_R1_mean"] = np.nan
     shown = display(summary, confidence=0.9)
-    assert list(shown.columns[:5]) == ["Dataset", "Backbone", "Method", "Seeds", "i2t R@1"]
+    assert list(shown.columns[:6]) == ["Dataset", "Backbone", "Text", "Method", "Seeds", "i2t R@1"]
     row = shown.iloc[0]
-    assert row["Dataset"] == "synthetic (full)"
+    assert row["Dataset"] == "synthetic (full)" and row["Text"] == "bigru"
     assert row["rSum"] == "201.0 ± 8.5" and row["i2t R@1"] == "—" and row["rSum 90% CI"] == "[199.0, 203.0]"
 
 

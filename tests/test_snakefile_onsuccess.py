@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_RULES = '''
 FGA = "echo fga"
 COMMON = ">> recorded.log"
+LOGS = "logs"
 
 
 rule all:

@@ -211,7 +211,7 @@ def test_minilm_frozen_trains_and_evaluates_every_method(minilm_project, tmp_pat
     ds = read_json(tmp_path / "data" / DS / "dataset.json")
     stored, stored_len = split_texts(cfg, DS, BK, "val", ds, rows=[0, 3])
     caps = [s for im in ds["images"] if im["split"] == "val" for s in im["sentences"][:5]]
-    live, live_len = caption_tokens(cfg, [caps[0], caps[3]], tmp_path / "features" / DS / "vocab.json")
+    live, live_len = caption_tokens(cfg, [caps[0], caps[3]], tmp_path / "features" / DS / "text_bigru" / "vocab.json")
     assert torch.equal(stored_len, live_len)
     torch.testing.assert_close(live.float(), stored[:, : live.shape[1]].float(), atol=2e-3, rtol=1e-2)
     bigru = copy.deepcopy(cfg)
@@ -222,6 +222,39 @@ def test_minilm_frozen_trains_and_evaluates_every_method(minilm_project, tmp_pat
     noisy["train"]["token_perturb"] = 0.2
     with pytest.raises(UserError, match="token_perturb"):  # cached features have no ids to perturb
         train(noisy, DS, BK, "vse_mean", 0, tmp_path / "noisy", quiet=True)
+
+
+def test_the_cli_runs_the_encoder_text_encoder_names_under_its_own_directory_and_tag(minilm_project, tmp_path):
+    """`fga train/evaluate --text-encoder minilm` in a project whose params say bigru: the run is minilm's, lives
+    under <backbone>/minilm/ and is logged with tag text=minilm; an unknown name is one line, exit 2."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())  # a whole params file: the project's sections in it
+    cfg.update({k: v for k, v in copy.deepcopy(minilm_project).items() if k in cfg and k != "grid"})
+    cfg["grid"].update(backbones=[BK], methods=["vse_mean"], ablation={"backbones": [], "methods": []})
+    cfg["train"]["text_encoder"] = "bigru"
+    cfg["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlruns.db'}", artifact_root=str(tmp_path / "mlartifacts"),
+                           log_checkpoints=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    run = ["--dataset", DS, "--backbone", BK, "--method", "vse_mean", "--seed", "0", "--quiet"]
+    for verb in ("train", "evaluate"):
+        out = subprocess.run([sys.executable, "-m", "fga", verb, *run, "--text-encoder", "minilm"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "runs" / DS / BK / "minilm" / "vse_mean" / "seed0" / "checkpoint.safetensors")
+    assert ckpt["meta"]["text_encoder"] == "minilm"
+    assert read_json(tmp_path / "results" / DS / BK / "minilm" / "vse_mean" / "seed0" / "metrics.json")["rsum"] >= 0
+    assert not (tmp_path / "runs" / DS / BK / "bigru").exists()
+    client = MlflowClient(cfg["tracking"]["uri"])
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if r.data.tags.get("stage") in ("train", "evaluate")]
+    assert sorted(r.info.run_name for r in runs) == [f"{BK}/minilm/vse_mean/seed0/{v}" for v in ("evaluate", "train")]
+    assert {r.data.tags["text"] for r in runs} == {"minilm"}
+    out = subprocess.run([sys.executable, "-m", "fga", "train", *run, "--text-encoder", "roberta"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "train.text_encoder = 'roberta'" in out.stderr
 
 
 # ------------------------------------------------------------------------------------ a tiny BERT, fine-tuned
@@ -265,10 +298,11 @@ def test_finetune_tiny_bert_trains_in_the_backbone_group(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------- errors
 
 
-def test_bert_base_without_model_dir_is_a_one_line_cli_error(tmp_path):
+@pytest.mark.parametrize("choose", [["--set", "train.text_encoder=bert_base"], ["--text-encoder", "bert_base"]])
+def test_bert_base_without_model_dir_is_a_one_line_cli_error(tmp_path, choose):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     out = subprocess.run([sys.executable, "-m", "fga", "train", "--dataset", "synthetic", "--backbone", "lite0_grid",
-                          "--method", "vse_mean", "--seed", "0", "--set", "train.text_encoder=bert_base"],
+                          "--method", "vse_mean", "--seed", "0", *choose],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr  # fga.cli: every UserError exits 2 ("fga: error: ..."), no traceback
     lines = out.stderr.strip().splitlines()

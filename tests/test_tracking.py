@@ -28,7 +28,7 @@ def make_cfg(tmp: Path, uri: str | None = None, **tracking) -> dict:
 
 
 def key(method="grm", seed=0, stage="evaluate", backbone="lite0_roi"):
-    return {"dataset": "synthetic", "backbone": backbone, "method": method, "seed": seed, "stage": stage}
+    return {"dataset": "synthetic", "backbone": backbone, "text": "bigru", "method": method, "seed": seed, "stage": stage}
 
 
 def client_for(cfg, experiment="default"):
@@ -128,14 +128,14 @@ def test_artifacts_params_yaml_and_optional_checkpoint(tmp_path, mlflow_store):
 def test_report_runs_have_no_parent_and_reconcile_repairs_groups(tmp_path, mlflow_store):
     cfg = make_cfg(tmp_path, mlflow_store)
     log_run(cfg, key())
-    report = log_run(cfg, {"dataset": "synthetic", "backbone": "all", "method": "all", "seed": "all",
+    report = log_run(cfg, {"dataset": "synthetic", "backbone": "all", "text": "all", "method": "all", "seed": "all",
                            "stage": "report"})
     client, exp = client_for(cfg)
     assert PARENT_TAG not in client.get_run(report).data.tags
     # simulate what a race can leave: a second parent, and a child pointing at a deleted one
     child = active(client, exp, "tags.stage = 'evaluate'")[0]
     parent = client.get_run(child.data.tags[PARENT_TAG])
-    extra = client.create_run(exp, tags={**{k: parent.data.tags[k] for k in ("dataset", "backbone", "method")},
+    extra = client.create_run(exp, tags={**{k: parent.data.tags[k] for k in ("dataset", "backbone", "text", "method")},
                                          "stage": PARENT_STAGE})
     client.delete_run(parent.info.run_id)
     assert reconcile(cfg, ["synthetic"]) == 1
@@ -312,7 +312,8 @@ def test_runs_carry_their_dataset_input_and_source_tags(tmp_path, mlflow_store):
     cfg = make_cfg(tmp_path, mlflow_store)
     evaluate = log_run(cfg, key(), tags={"data_hash": "0123abcd", "split": "test"})
     train = log_run(cfg, key(stage="train"), tags={"data_hash": "0123abcd"})
-    report = log_run(cfg, {"dataset": "synthetic", "backbone": "all", "method": "all", "seed": "all", "stage": "report"})
+    report = log_run(cfg, {"dataset": "synthetic", "backbone": "all", "text": "all", "method": "all", "seed": "all",
+                           "stage": "report"})
     client, _ = client_for(cfg)
     for run_id, context in ((evaluate, "test"), (train, "train")):
         run = client.get_run(run_id)
@@ -343,12 +344,12 @@ while not go.exists():
     time.sleep(0.005)
 method = "grm" if idx % 2 == 0 else "grm_no_sa"
 for stage in ("train", "evaluate"):
-    log_run(cfg, {"dataset": "synthetic", "backbone": "b", "method": method, "seed": idx, "stage": stage},
+    log_run(cfg, {"dataset": "synthetic", "backbone": "b", "text": "bigru", "method": method, "seed": idx, "stage": stage},
             params={"worker": idx, "stage": stage},
             metrics={f"m{j}": idx * 1000 + j for j in range(N_METRICS)}, tags={"data_hash": "d0"},
             step_metrics={"loss": [(e, idx + e / 10) for e in range(N_STEPS)]})
 # every worker also writes the same key: exactly one complete run must survive
-log_run(cfg, {"dataset": "synthetic", "backbone": "b", "method": "shared", "seed": 0, "stage": "evaluate"},
+log_run(cfg, {"dataset": "synthetic", "backbone": "b", "text": "bigru", "method": "shared", "seed": 0, "stage": "evaluate"},
         metrics={"writer": idx, "full/rsum": idx, **{f"m{j}": idx * 1000 + j for j in range(N_METRICS)}},
         tags={"data_hash": "d0"})
 """.replace("N_METRICS", str(N_METRICS)).replace("N_STEPS", str(N_STEPS))
@@ -459,7 +460,7 @@ def test_log_run_logs_tables_as_mlflow_tables(tmp_path, mlflow_store):
 
     cfg = make_cfg(tmp_path, mlflow_store)
     frame = pd.DataFrame({"Method": ["grm", "vse"], "rSum": [210.5, 190.0]})
-    run_id = log_run(cfg, {**key(stage="report"), "backbone": "all", "method": "all", "seed": "all"},
+    run_id = log_run(cfg, {**key(stage="report"), "backbone": "all", "text": "all", "method": "all", "seed": "all"},
                      tables={"main_table.json": frame})
     client, _ = client_for(cfg)
     assert json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"]) == [
@@ -488,7 +489,7 @@ def killed(engine):  # a SIGKILL after MLflow created its initial tables, before
 
 db_utils._upgrade_db = killed
 cfg = {"tracking": {"uri": sys.argv[1], "artifact_root": sys.argv[2]}, "methods": {"grm": {}}}
-log_run(cfg, {"dataset": "synthetic", "backbone": "b", "method": "grm", "seed": 0, "stage": "evaluate"})
+log_run(cfg, {"dataset": "synthetic", "backbone": "b", "text": "bigru", "method": "grm", "seed": 0, "stage": "evaluate"})
 """
 
 

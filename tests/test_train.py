@@ -58,7 +58,7 @@ def tiny_cfg(**train: object) -> dict:
 
 
 def make_project(root: Path, cfg: dict) -> None:
-    """data/<ds> (real synthetic scenes), features/<ds>/vocab.json and random features for every split."""
+    """data/<ds> (real synthetic scenes), features/<ds>/text_bigru/vocab.json and random features for every split."""
     write_random_project(root, cfg, DS, BK, N_REGIONS, FEAT_DIM, pad_every=2)
 
 
@@ -261,7 +261,7 @@ def finetune_project(tmp_path: Path, monkeypatch) -> dict:
     cfg = tiny_cfg(mode="finetune", epochs=1, batch_size=4, token_perturb=0.2)
     cfg["data"][DS].update(n_train=4, n_val=2, n_test=0)  # 6 images
     generate(tmp_path / "data" / DS, progress=False, **cfg["data"][DS])
-    build_vocab_file(tmp_path / "data" / DS / "dataset.json", tmp_path / "features" / DS / "vocab.json", 1)
+    build_vocab_file(tmp_path / "data" / DS / "dataset.json", tmp_path / "features" / DS / "text_bigru" / "vocab.json", 1)
     return cfg
 
 

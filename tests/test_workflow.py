@@ -60,7 +60,7 @@ def check_table_matches_metrics(project: Path) -> None:
     table = pd.read_csv(project / "reports/tables/main.csv")
     assert sorted(table["method"]) == ["grm", "vse_mean"] and (table["seeds"] == 2).all()
     for _, row in table.iterrows():
-        files = sorted(project.glob(f"results/synthetic/lite0_roi/{row['method']}/seed*/metrics.json"))
+        files = sorted(project.glob(f"results/synthetic/lite0_roi/bigru/{row['method']}/seed*/metrics.json"))
         metrics = [json.loads(p.read_text()) for p in files]
         assert len(metrics) == 2
         for direction in ("i2t", "t2i"):
@@ -78,18 +78,18 @@ def test_snakemake_end_to_end(tmp_path):
     dry = run([str(BIN / "snakemake"), "-n", "--cores", "1"], project)
     assert "train" in dry.stdout and "report" in dry.stdout
     run([str(BIN / "snakemake"), "--cores", "2"], project)
-    for path in ["data/synthetic/dataset.json", "data/synthetic/instances.json", "features/synthetic/vocab.json",
-                 "features/synthetic/lite0_roi/test.h5", "runs/synthetic/lite0_roi/vse_mean/seed1/checkpoint.safetensors",
+    for path in ["data/synthetic/dataset.json", "data/synthetic/instances.json", "features/synthetic/text_bigru/vocab.json",
+                 "features/synthetic/lite0_roi/test.h5", "runs/synthetic/lite0_roi/bigru/vse_mean/seed1/checkpoint.safetensors",
                  "mlruns.db", "reports/tables/main.md", "reports/tables/main.tex"]:
         assert (project / path).exists(), path
     check_table_matches_metrics(project)
     # the grid's ablation variant ran on every seed and fills the ablation table (not the main one)
     ablation = pd.read_csv(project / "reports/tables/ablation.csv")
     assert list(ablation["method"]) == ["grm", "grm_no_rp"] and (ablation["seeds"] == 2).all()
-    assert (project / "results/synthetic/lite0_roi/grm_no_rp/seed1/metrics.json").exists()
-    assert not (project / "results/synthetic/lite0_roi/grm_no_rp/seed1/robustness.json").exists()
+    assert (project / "results/synthetic/lite0_roi/bigru/grm_no_rp/seed1/metrics.json").exists()
+    assert not (project / "results/synthetic/lite0_roi/bigru/grm_no_rp/seed1/robustness.json").exists()
     # GRM's region-word maps: written by evaluate, drawn by the report
-    assert json.loads((project / "results/synthetic/lite0_roi/grm/seed0/attention.json").read_text())["maps"]
+    assert json.loads((project / "results/synthetic/lite0_roi/bigru/grm/seed0/attention.json").read_text())["maps"]
     assert list((project / "reports/figures").glob("attention_synthetic_lite0_roi_grm_*.png"))
     again = run([str(BIN / "snakemake"), "--cores", "2"], project)
     assert "Nothing to be done" in again.stdout + again.stderr

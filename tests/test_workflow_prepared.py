@@ -53,7 +53,7 @@ def test_prepared_dataset_runs_through_the_snakefile(tmp_path, server, precomp_f
     assert sum(im["split"] == "test" for im in data["images"]) == n_test
     assert (project / f"features/{DATASET}/{BACKBONE}/test.h5").exists()
 
-    run_dir = project / f"results/{DATASET}/{BACKBONE}/{METHOD}/seed0"
+    run_dir = project / f"results/{DATASET}/{BACKBONE}/bigru/{METHOD}/seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recalls = [metrics[d][f"R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert all(math.isfinite(r) and 0 <= r <= 100 for r in recalls), metrics

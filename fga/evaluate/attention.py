@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fga.errors import UserError
-from fga.features.text import PAD, UNK, load_vocab, split_captions, tokenize
+from fga.features.text import PAD, UNK, load_vocab, split_captions, tokenize, vocab_file
 from fga.inputs import SplitInputs, caption_pieces, caps_per_image
 from fga.io import read_json
 from fga.models.base import RetrievalModel
@@ -258,9 +258,9 @@ def attention_record(cfg: dict[str, Any], dataset: str, method: str, model: Retr
     data_dir = Path("data") / dataset
     _, captions = split_captions(read_json(data_dir / "dataset.json", "dataset.json"), split)
     pieces = caption_pieces(cfg, captions)  # a transformer text encoder's word pieces; None: vocabulary words
-    vocab = load_vocab(Path("features") / dataset / "vocab.json") if pieces is None else {PAD: 0}
+    vocab = load_vocab(vocab_file(dataset)) if pieces is None else {PAD: 0}
     if PAD not in vocab:
-        raise UserError(f"features/{dataset}/vocab.json: no {PAD!r} entry; re-run `fga features text`")
+        raise UserError(f"{vocab_file(dataset)}: no {PAD!r} entry; re-run `fga features text`")
     boxes = store_boxes(store, min(n, data.n_images)) if store is not None else None
     record["maps"] = grm_maps(model, data, captions, vocab, n, data_dir / "instances.json", boxes, pieces)
     record.update({"level": LEVEL, "temperature": TEMPERATURE})

@@ -154,7 +154,15 @@ def encoder_spec(cfg: dict[str, Any], encoder: str) -> dict[str, Any]:
 
 
 def text_store_dir(dataset: str, encoder: str, root: str | Path = "features") -> Path:
+    """An encoder's text features of a dataset: a transformer's word-piece stores, the BiGRU's vocabulary."""
     return Path(root) / dataset / f"text_{encoder}"
+
+
+def vocab_file(dataset: str, root: str | Path = "features") -> Path:
+    """The BiGRU's text features: the dataset's train-caption vocabulary."""
+    from fga.grid import DEFAULT_TEXT_ENCODER
+
+    return text_store_dir(dataset, DEFAULT_TEXT_ENCODER, root) / "vocab.json"
 
 
 class TextEncoder:

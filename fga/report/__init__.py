@@ -6,8 +6,11 @@ LaTeX (booktabs, pandas ``Styler.to_latex``) and CSV, with ``<table>_provenance.
 naming the run behind every value by its key and result file (``.../seed<k>/metrics.json``); run ids are
 random, so they stay out of the tables (reproducible bytes) and go to the report run's
 ``provenance_run_ids.csv``. The paper's own GRM numbers sit in a table of their own, labelled
-"paper (not measured here)", and never in a table of measured rows. A table or figure whose runs do
-not exist yet (no robustness stage, no ablation variants, ...) is skipped with a printed note.
+"paper (not measured here)", and never in a table of measured rows. Every table has a Text column (the
+caption encoder, ``grid.text_encoders``) right after the backbone: runs of different encoders are rows of their
+own, never averaged together; a run logged before the encoder axis existed (no ``text`` tag) counts as the BiGRU's.
+A table or figure whose runs do not exist yet (no robustness stage, no ablation variants, ...) is skipped with a
+printed note.
 
 Tables (``report.tables_dir``): main, ablation (when ablation variants ran), robustness_clutter,
 robustness_distractors, qbnorm, significance (GRM vs each baseline, paired per seed, from the evaluate runs'

@@ -9,13 +9,13 @@ import pandas as pd
 
 from fga.models.registry import arch_name, declared_arch
 from fga.report.notes import say
-from fga.report.runs import COLUMNS, KEYS, PROVENANCE
+from fga.report.runs import COLUMNS, COMPARED as CELL, KEYS, PROVENANCE
 from fga.report.tables import DASH, HEADERS, mean_std_table, write_table
 
 # the module an ablation switch removes (docs/grm.md §6, Table 2)
 SWITCH_NAMES = {"use_saliency": "SA/GA", "use_visual_adapter": "SA", "use_text_adapter": "GA", "use_region_prompt": "RP",
                 "use_uncertainty": "UM", "use_reg": "L_reg"}
-LABELS = ["dataset", "protocol", "backbone", "model", "method"]
+LABELS = CELL + ["model", "method"]
 
 
 def variants(cfg: dict[str, Any]) -> dict[str, str]:
@@ -36,9 +36,10 @@ def variant_label(cfg: dict[str, Any], method: str, arch: str) -> str:
 
 
 def _rows(cfg: dict[str, Any], summary: pd.DataFrame, of: dict[str, str]) -> list[dict[str, Any]]:
-    """Per dataset/protocol/backbone and arch: the full model (when it ran), then its variants that ran."""
+    """Per dataset/protocol/backbone/text encoder and arch: the full model (when it ran), then its variants that
+    ran."""
     rows = []
-    for (dataset, protocol, backbone), cell in summary.groupby(["dataset", "protocol", "backbone"], sort=True):
+    for keys, cell in summary.groupby(CELL, sort=True):
         by_method = {r["method"]: r for _, r in cell.iterrows()}
         for arch in sorted(set(of.values())):
             members = [m for m, a in of.items() if a == arch and m in by_method]
@@ -49,7 +50,7 @@ def _rows(cfg: dict[str, Any], summary: pd.DataFrame, of: dict[str, str]) -> lis
                 r = by_method[method]
                 label = f"{arch.upper()} (full)" if method == arch else variant_label(cfg, method, arch)
                 delta = r["rsum_mean"] - full["rsum_mean"] if full is not None else math.nan
-                rows.append({"dataset": dataset, "protocol": protocol, "backbone": backbone, "arch": arch,
+                rows.append({**dict(zip(CELL, keys)), "arch": arch,
                              "model": label, "method": method, "seeds": r["seeds"],
                              **{f"{c}_{s}": r[f"{c}_{s}"] for c in COLUMNS for s in ("mean", "std")},
                              "delta_rsum": delta})
@@ -64,7 +65,8 @@ def ablation_table(cfg: dict[str, Any], runs: pd.DataFrame, summary: pd.DataFram
         return False
     rows = _rows(cfg, summary, of)
     if not rows:
-        say("report: ablation variants have no runs on the same backbone as their full model; table skipped", quiet)
+        say("report: ablation variants have no runs on the same backbone and text encoder as their full model; "
+            "table skipped", quiet)
         return False
     data = pd.DataFrame(rows)
     shown = mean_std_table(data, LABELS, {c: HEADERS[c] for c in COLUMNS})
@@ -73,6 +75,6 @@ def ablation_table(cfg: dict[str, Any], runs: pd.DataFrame, summary: pd.DataFram
     prov = runs[runs["method"].isin(set(data["method"]))][KEYS + PROVENANCE + COLUMNS]
     note = ("Module ablation (cf. GRM Table 2): the full model and each variant with one module switched off "
             "(`methods.<variant>: {arch: ..., use_<module>: false}`), mean ± std over seeds; ΔrSum = variant − full, "
-            "on the same dataset, protocol and backbone. Runs in ablation_provenance.csv.")
+            "on the same dataset, protocol, backbone and text encoder. Runs in ablation_provenance.csv.")
     write_table(out, "ablation", "Module ablation", note, shown, data, prov)
     return True

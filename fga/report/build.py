@@ -22,7 +22,8 @@ from fga.report.paper import paper_table
 from fga.report.positives import scene_graph_tables
 from fga.report.retrieval import main_table, qbnorm_table, sortable_main_table
 from fga.report.robustness import clutter_table, distractor_table
-from fga.report.runs import RESULT_FILE, evaluation_runs, in_grid, missing_runs, reads_files, robustness_runs
+from fga.report.runs import (RESULT_FILE, RUN_KEYS, evaluation_runs, in_grid, missing_runs, reads_files,
+                             robustness_runs)
 from fga.report.significance import significance_table
 from fga.report.tables import display, markdown, summarise, weights_legend
 
@@ -96,12 +97,12 @@ MAIN_TABLE_VIEW = "main_table.json"
 def run_id_map(runs: Runs, dataset: str) -> pd.DataFrame:
     """The MLflow run id of every run of `dataset` that the provenance CSVs name (by key and result file); logged
     with the report run only, since run ids are random and reports/tables must be reproducible."""
-    cols = ["dataset", "backbone", "method", "seed", RESULT_FILE, "run_id"]
+    cols = RUN_KEYS + ["seed", RESULT_FILE, "run_id"]
     parts = [runs.every[cols].assign(stage="evaluate")]
     parts += [frame[cols].assign(stage="robustness") for frame in (runs.clutter, runs.distract) if not frame.empty]
     every = pd.concat(parts, ignore_index=True).drop_duplicates()
     every = every[every["dataset"] == dataset][["stage"] + cols]
-    return every.sort_values(["stage", "dataset", "backbone", "method", "seed"]).reset_index(drop=True)
+    return every.sort_values(["stage"] + RUN_KEYS + ["seed"]).reset_index(drop=True)
 
 
 def log_report_runs(cfg: dict[str, Any], runs: Runs, summary: pd.DataFrame, tables_dir: Path,
@@ -117,7 +118,8 @@ def log_report_runs(cfg: dict[str, Any], runs: Runs, summary: pd.DataFrame, tabl
         with tempfile.TemporaryDirectory() as tmp:
             id_map = Path(tmp) / RUN_ID_MAP
             run_id_map(runs, dataset).to_csv(id_map, index=False)
-            log_run(cfg, {"dataset": dataset, "backbone": "all", "method": "all", "seed": "all", "stage": "report"},
+            log_run(cfg, {"dataset": dataset, "backbone": "all", "text": "all", "method": "all", "seed": "all",
+                         "stage": "report"},
                     params={"report": cfg["report"], "grid": cfg["grid"]},
                     metrics={"n_evaluate_runs": int((runs.every["dataset"] == dataset).sum()),
                              "n_robustness_runs": int(clutter[clutter["dataset"] == dataset]["run_id"].nunique())

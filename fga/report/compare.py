@@ -1,5 +1,6 @@
 """`fga report --compare a,b,...`: the main table of several experiments side by side (an Experiment column),
-each row with its rSum difference to the first experiment's same cell (dataset, protocol, backbone, method)."""
+each row with its rSum difference to the first experiment's same cell (dataset, protocol, backbone, text encoder,
+method)."""
 from __future__ import annotations
 
 import math
@@ -67,8 +68,8 @@ def write_comparison(cfg: dict[str, Any], names: list[str], quiet: bool = False)
     shown[f"ΔrSum vs {names[0]}"] = [DASH if math.isnan(d) else f"{d:+.1f}" for d in summary["delta_rsum"]]
     note = (f"The main retrieval table of each experiment (Recall@K in %, mean ± sample std over seeds), read from "
             f"its MLflow evaluate runs (the provenance CSV names each by its key and result file); ΔrSum = the row's "
-            f"mean rSum − experiment {names[0]!r}'s for the same dataset, protocol, backbone and method "
-            f"({DASH} where it has none).")
+            f"mean rSum − experiment {names[0]!r}'s for the same dataset, protocol, backbone, text encoder and "
+            f"method ({DASH} where it has none).")
     out = compare_dir(cfg)
     name = "compare_" + "_vs_".join(names)
     provenance = runs[[EXPERIMENT] + KEYS + PROVENANCE + COLUMNS]

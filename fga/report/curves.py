@@ -1,8 +1,10 @@
-"""Learning curves: validation rSum against epoch for every method x backbone (mean ± std band over seeds).
+"""Learning curves: validation rSum against epoch for every method x backbone x text encoder (mean ± std band over
+seeds).
 
 The curves come from the train runs' per-epoch history: MLflow's `val_rsum` metric history (logged with step =
 epoch by `fga train`), or with `report.source: files` the history each run's checkpoint.safetensors carries
-(<runs>/<dataset>/<backbone>/<method>/seed<k>/, fga.paths). Main grid only (no ablation variants)."""
+(<runs>/<dataset>/<backbone>/<text>/<method>/seed<k>/: fga.grid.run_path under fga.paths' runs root). Main grid
+only (no ablation variants)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from fga.grid import grid_cells
+from fga.grid import grid_cells, run_path
 from fga.paths import output_roots
 from fga.report.notes import say
-from fga.report.runs import in_grid, reads_files
+from fga.report.runs import RUN_KEYS, in_grid, key_tags, reads_files, series_label
 
-CURVE_COLUMNS = ["dataset", "backbone", "method", "seed", "epoch", "val_rsum"]
+CURVE_COLUMNS = RUN_KEYS + ["seed", "epoch", "val_rsum"]
 FIGURE = "learning_curves"
 
 
@@ -27,12 +29,11 @@ def _mlflow_curves(cfg: dict[str, Any]) -> pd.DataFrame:
     runs = runs_frame(cfg, cfg["grid"]["datasets"], "train")
     if runs.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    runs = runs.rename(columns={f"tags.{k}": k for k in ("dataset", "backbone", "method", "seed")})
-    runs = in_grid(cfg, runs.assign(seed=runs["seed"].astype(int)), ablation=False)
+    keys = pd.DataFrame([key_tags(r) for _, r in runs.iterrows()], index=runs.index)
+    runs = in_grid(cfg, keys.assign(seed=keys["seed"].astype(int), run_id=runs["run_id"]), ablation=False)
     client = mlflow.MlflowClient(tracking_uri=cfg["tracking"]["uri"])
-    rows = [{"dataset": r.dataset, "backbone": r.backbone, "method": r.method, "seed": int(r.seed),
-             "epoch": int(m.step), "val_rsum": float(m.value)}
-            for r in runs.itertuples() for m in client.get_metric_history(r.run_id, "val_rsum")]
+    rows = [{**{k: r[k] for k in RUN_KEYS}, "seed": int(r["seed"]), "epoch": int(m.step), "val_rsum": float(m.value)}
+            for _, r in runs.iterrows() for m in client.get_metric_history(r["run_id"], "val_rsum")]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
@@ -40,11 +41,11 @@ def _file_curves(cfg: dict[str, Any]) -> pd.DataFrame:
     from fga.checkpoint import load_checkpoint
 
     rows = []
-    for dataset, backbone, method, seed in grid_cells(cfg, ablation=False):
-        path = Path(output_roots(cfg).runs) / dataset / backbone / method / f"seed{seed}" / "checkpoint.safetensors"
+    for cell in grid_cells(cfg, ablation=False):
+        path = Path(output_roots(cfg).runs) / run_path(*cell) / "checkpoint.safetensors"
         if path.exists():
-            rows += [{"dataset": dataset, "backbone": backbone, "method": method, "seed": seed,
-                      "epoch": int(row["epoch"]), "val_rsum": float(row["val_rsum"])}
+            rows += [{**dict(zip(RUN_KEYS + ["seed"], cell)), "epoch": int(row["epoch"]),
+                      "val_rsum": float(row["val_rsum"])}
                      for row in load_checkpoint(path)["meta"].get("history", [])]
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
@@ -52,12 +53,13 @@ def _file_curves(cfg: dict[str, Any]) -> pd.DataFrame:
 def learning_curves(cfg: dict[str, Any]) -> pd.DataFrame:
     """One row per (run, epoch) of the main grid's train runs: CURVE_COLUMNS, sorted."""
     curves = _file_curves(cfg) if reads_files(cfg) else _mlflow_curves(cfg)
-    return curves.sort_values(CURVE_COLUMNS[:5]).reset_index(drop=True)
+    return curves.sort_values(RUN_KEYS + ["seed", "epoch"]).reset_index(drop=True)
 
 
 def learning_curve_figure(cfg: dict[str, Any], figures: Path, quiet: bool) -> list[str]:
-    """learning_curves.png/.pdf: one panel per dataset x backbone, one line per method (mean over seeds, ± std
-    band); [] with a note when no train run has a per-epoch history."""
+    """learning_curves.png/.pdf: one panel per dataset x backbone, one line per method (per method + text encoder
+    when the grid has several; mean over seeds, ± std band); [] with a note when no train run has a per-epoch
+    history."""
     from fga.report.figures import _plt, _save
 
     curves = learning_curves(cfg)
@@ -66,6 +68,7 @@ def learning_curve_figure(cfg: dict[str, Any], figures: Path, quiet: bool) -> li
         say(f"report: no per-epoch validation rSum in the {source}; learning-curve figure skipped", quiet)
         return []
     plt, sns = _plt()
+    curves = curves.assign(method=series_label(curves))  # "grm + minilm" when text encoders differ
     panels = curves[["dataset", "backbone"]].drop_duplicates().itertuples(index=False)
     panels = list(panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, sharey=True)

@@ -1,5 +1,7 @@
 """The report's seaborn figures (PNG and PDF, reproducible bytes): recall vs clutter and vs distractors, the seed
-spread of rSum, and GRM's region-word heat maps from the evaluate runs' attention artifacts."""
+spread of rSum, and GRM's region-word heat maps from the evaluate runs' attention artifacts. When the runs hold more
+than one text encoder, a method's series is "<method> + <text encoder>" (fga.report.runs.series_label), so encoders
+are drawn apart, never pooled; with one, the figures name methods alone."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +16,7 @@ import pandas as pd
 from fga.io import atomic_path
 from fga.models.registry import arch_name
 from fga.report.notes import say
-from fga.report.runs import RUN_KEYS, attention_artifacts, attention_maps, bin_order
+from fga.report.runs import RUN_KEYS, attention_artifacts, attention_maps, bin_order, series_label
 
 
 def _plt():
@@ -53,7 +55,7 @@ def _seeded_global_rng(seed: int = 0) -> Iterator[None]:
 
 
 def _method_lines(sns, data: pd.DataFrame, x: str, y: str, ax, legend: bool) -> None:
-    """One line per method, mean over seeds with a seeded 95% bootstrap band."""
+    """One line per method (the caller's series_label), mean over seeds with a seeded 95% bootstrap band."""
     sns.lineplot(data=data, x=x, y=y, hue="method", style="method", markers=True, dashes=False,
                  errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax, legend=legend)
 
@@ -69,6 +71,7 @@ def clutter_figure(clutter: pd.DataFrame, figures: Path) -> list[str]:
     ranged = clutter[clutter["bin"].map(lambda b: bin_order(b)[0] == 0)].copy()
     if ranged.empty:
         return []
+    ranged["method"] = series_label(ranged)
     bins = sorted(ranged["bin"].unique(), key=bin_order)
     ranged["bin_pos"] = ranged["bin"].map({b: i for i, b in enumerate(bins)})
     ranged["panel"] = ranged["dataset"] + " / " + ranged["backbone"]
@@ -94,7 +97,7 @@ def clutter_figure(clutter: pd.DataFrame, figures: Path) -> list[str]:
 def distractor_figure(distract: pd.DataFrame, figures: Path) -> list[str]:
     """rSum vs added distractor objects, one line per method, 95% CI band over seeds; one panel per backbone."""
     plt, sns = _plt()
-    data = distract.copy()
+    data = distract.assign(method=series_label(distract))
     data["panel"] = data["dataset"] + " / " + data["backbone"]
     panels = sorted(data["panel"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False, layout="constrained")
@@ -111,9 +114,10 @@ def distractor_figure(distract: pd.DataFrame, figures: Path) -> list[str]:
 
 
 def seed_spread_figure(runs: pd.DataFrame, figures: Path) -> list[str]:
-    """rSum of every seed per method: box plot with the seeds as points; one panel per dataset/protocol/backbone."""
+    """rSum of every seed per method (per method + text encoder when there are several): box plot with the seeds as
+    points; one panel per dataset/protocol/backbone."""
     plt, sns = _plt()
-    data = runs.copy()
+    data = runs.assign(method=series_label(runs))  # "grm + minilm" when text encoders differ
     data["panel"] = data["dataset"] + " (" + data["protocol"] + ") / " + data["backbone"]
     panels = sorted(data["panel"].unique())
     methods = sorted(data["method"].unique())
@@ -163,7 +167,8 @@ def _heat_map(plt, sns, item: dict[str, Any], att: pd.DataFrame, title: str):
 def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, quiet: bool, limit: int = 4) -> list[str]:
     """Region-word heat maps from GRM evaluate runs that saved them: the ``maps`` list of their ``attention.json``
     artifact (fga.evaluate.attention), each map ``{"words": [...], "attention": [[word x region]], "regions"?: [...],
-    "caption"?: str, "image_id"?: int}``; at most `limit` maps of the lowest seed of each GRM-arch method and backbone."""
+    "caption"?: str, "image_id"?: int}``; at most `limit` maps of the lowest seed of each GRM-arch method, backbone and
+    text encoder."""
     grm = runs[runs["method"].map(lambda m: arch_name(cfg, m) == "grm")]
     if grm.empty:
         say("report: no GRM evaluate runs; region-word heat maps skipped", quiet)
@@ -171,7 +176,9 @@ def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, qu
     plt, sns = _plt()
     names: list[str] = []
     tmp_dir = figures.parent / f".{figures.name}.artifacts"
-    for (dataset, backbone, method), cell in grm.groupby(RUN_KEYS, sort=True):
+    texts = grm["text"].nunique() > 1  # name the encoder only when the runs have several (else: names as before)
+    for (dataset, backbone, text, method), cell in grm.groupby(RUN_KEYS, sort=True):
+        model = f"{backbone}/{text}" if texts else backbone
         run = cell.sort_values("seed").iloc[0]
         k = 0
         for path, maps in _readable_maps(cfg, run["run_id"], tmp_dir, quiet):
@@ -184,8 +191,8 @@ def attention_figures(cfg: dict[str, Any], runs: pd.DataFrame, figures: Path, qu
                 except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
                     say(f"report: {run['run_id']}:{path} map {j} is not a region-word map ({exc}); skipped", quiet)
                     continue
-                fig = _heat_map(plt, sns, item, att, f"{method} on {dataset}/{backbone}, seed {run['seed']}")
-                names += _save(fig, figures, f"attention_{dataset}_{backbone}_{method}_{k}")
+                fig = _heat_map(plt, sns, item, att, f"{method} on {dataset}/{model}, seed {run['seed']}")
+                names += _save(fig, figures, f"attention_{dataset}_{model.replace('/', '_')}_{method}_{k}")
                 k += 1
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir, ignore_errors=True)

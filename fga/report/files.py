@@ -1,7 +1,7 @@
 """The report's runs read from the DVC-tracked result files instead of MLflow (`report.source: files`,
-`fga report --from-files`): <results>/<dataset>/<backbone>/<method>/seed<k>/ (results/ for the default
-experiment, fga.paths) holds metrics.json, ranks.npz, attention.json and robustness.json, so a `dvc pull`
-alone rebuilds the report, with the same numbers.
+`fga report --from-files`): <results>/<dataset>/<backbone>/<text>/<method>/seed<k>/ (fga.grid.run_path; results/
+for the default experiment, fga.paths) holds metrics.json, ranks.npz, attention.json and robustness.json, so a
+`dvc pull` alone rebuilds the report, with the same numbers.
 
 Each file becomes the row its stage would have logged: the same tags and the same flattening of its numbers
 (fga.evaluate.run.mlflow_metrics, fga.evaluate.robustness_run.mlflow_metrics). A row's `run_id` is its
@@ -17,21 +17,22 @@ import pandas as pd
 
 from fga.errors import UserError
 from fga.io import read_json
-from fga.grid import grid_cells
+from fga.grid import Cell, grid_cells, run_path
 from fga.paths import output_roots
 
 RESULT_FILES = {"evaluate": "metrics.json", "robustness": "robustness.json"}
 
 
-def result_dir(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: int) -> Path:
+def result_dir(cfg: dict[str, Any], dataset: str, backbone: str, text: str, method: str, seed: int) -> Path:
     """Where the evaluate and robustness stages of the params' experiment write a run's results."""
-    return Path(output_roots(cfg).results) / dataset / backbone / method / f"seed{seed}"
+    return Path(output_roots(cfg).results) / run_path(dataset, backbone, text, method, seed)
 
 
-def result_file(cfg: dict[str, Any], stage: str, dataset: str, backbone: str, method: str, seed: int) -> str:
-    """The result file of a run (e.g. results/<dataset>/<backbone>/<method>/seed<k>/metrics.json): what the
+def result_file(cfg: dict[str, Any], stage: str, dataset: str, backbone: str, text: str, method: str,
+                seed: int) -> str:
+    """The result file of a run (e.g. results/<dataset>/<backbone>/<text>/<method>/seed<k>/metrics.json): what the
     provenance CSVs name a run by, the same whichever source the report reads."""
-    return (result_dir(cfg, dataset, backbone, method, int(seed)) / RESULT_FILES[stage]).as_posix()
+    return (result_dir(cfg, dataset, backbone, text, method, int(seed)) / RESULT_FILES[stage]).as_posix()
 
 
 def _flattener(stage: str) -> Callable[[dict[str, Any]], dict[str, float]]:
@@ -42,12 +43,12 @@ def _flattener(stage: str) -> Callable[[dict[str, Any]], dict[str, float]]:
     return mlflow_metrics
 
 
-def _row(run_dir: Path, stage: str, cell: tuple[str, str, str, int], result: dict[str, Any]) -> dict[str, Any]:
+def _row(run_dir: Path, stage: str, cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     """The runs-frame row of one result file: run_id, the stage's metrics and tags (as strings, like MLflow's), and
     the evaluate stage's tie rule param."""
-    dataset, backbone, method, seed = cell
+    dataset, backbone, text, method, seed = cell
     metrics = _flattener(stage)(result)
-    tags = {"dataset": dataset, "backbone": backbone, "method": method, "seed": str(seed), "stage": stage,
+    tags = {"dataset": dataset, "backbone": backbone, "text": text, "method": method, "seed": str(seed), "stage": stage,
             "protocol": result["protocol"], "split": result["split"], "weights_source": result["weights_source"]}
     params = {}
     if stage == "evaluate":

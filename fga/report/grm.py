@@ -13,14 +13,13 @@ import pandas as pd
 
 from fga.evaluate.run import DIAGNOSTIC_IMAGES
 from fga.evaluate.stats import bootstrap_options, over_seeds, paired_tests_over_seeds
-from fga.grid import SWEEP_BASE as FULL, grid_cells, sweep_cells, sweep_methods
+from fga.grid import SWEEP_BASE as FULL, Cell, grid_cells, sweep_cells, sweep_methods
 from fga.io import read_json
 from fga.models.registry import arch_name, method_section
 from fga.report.notes import say
-from fga.report.runs import KEYS, PROVENANCE, evaluation_runs, reads_files
+from fga.report.runs import COMPARED as CELL, KEYS, PROVENANCE, cells_of, evaluation_runs, reads_files, series_label
 from fga.report.tables import DASH, mean_std_table, write_table
 
-CELL = ["dataset", "protocol", "backbone"]
 # sweeps key -> (table name, title)
 SWEEPS: dict[str, tuple[str, str]] = {  # the keys are fga.grid.SWEEP_LISTS
     "modules": ("grm_ablation_modules", "GRM module ablation (cf. the paper's Table 2)"),
@@ -45,13 +44,13 @@ LEVEL_NAMES = ("L_ori", "L_key", "L_unc")
 # ------------------------------------------------------------------------------------------------- runs
 
 
-def _cells(cfg: dict[str, Any]) -> list[tuple[str, str, str, int]]:
-    """The grid's and the sweeps' cells of GRM-arch methods."""
+def _cells(cfg: dict[str, Any]) -> list[Cell]:
+    """The grid's and the sweeps' cells (dataset, backbone, text, method, seed) of GRM-arch methods."""
     cells = dict.fromkeys(grid_cells(cfg) + sweep_cells(cfg))
-    return [c for c in cells if arch_name(cfg, c[2]) == FULL]
+    return [c for c in cells if arch_name(cfg, c[3]) == FULL]
 
 
-def _raw_frame(cfg: dict[str, Any], cells: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+def _raw_frame(cfg: dict[str, Any], cells: list[Cell]) -> pd.DataFrame:
     """The evaluate runs as MLflow's search frame, or, from files, the rows their metrics.json make."""
     if not reads_files(cfg):
         from fga.tracking import runs_frame
@@ -75,8 +74,7 @@ def grm_runs(cfg: dict[str, Any]) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame()
     runs = evaluation_runs(cfg, raw)
-    keys = pd.Series(list(zip(runs["dataset"], runs["backbone"], runs["method"], runs["seed"])), index=runs.index)
-    runs = runs[keys.isin(set(cells))].reset_index(drop=True)
+    runs = runs[cells_of(runs).isin(set(cells))].reset_index(drop=True)
     diag = raw.set_index("run_id")[[c for c in raw.columns if str(c).startswith("metrics." + DIAG)]]
     diag.columns = [c.removeprefix("metrics.") for c in diag.columns]
     return runs.join(diag, on="run_id")
@@ -86,8 +84,8 @@ def grm_runs(cfg: dict[str, Any]) -> pd.DataFrame:
 
 
 def diagnostics_table(runs: pd.DataFrame, out: Path, quiet: bool) -> bool:
-    """reports/tables/grm_diagnostics: rSum and each module diagnostic, mean ± std over seeds per backbone x
-    variant."""
+    """reports/tables/grm_diagnostics: rSum and each module diagnostic, mean ± std over seeds per backbone x text
+    encoder x variant."""
     names = sorted(c for c in runs.columns if c.startswith(DIAG) and runs[c].notna().any())  # MLflow: any order
     if not names:
         say("report: no GRM evaluation with module diagnostics; grm_diagnostics table skipped", quiet)
@@ -169,9 +167,9 @@ def sweep_table(cfg: dict[str, Any], runs: pd.DataFrame, key: str, out: Path, qu
     shown["p (full > variant)"] = [DASH if pd.isna(p) else f"{p:.3g}" for p in summary["p_value"]]
     name, title = SWEEPS[key]
     note = (f"`sweeps.{key}` in params.yaml (`snakemake --cores all grm_sweeps`): rSum mean ± std over seeds, "
-            "ΔrSum = variant − full GRM (same dataset, protocol, backbone); p = one-sided paired permutation test "
-            "of \"full GRM > variant\" on the same test queries (ranks.npz), the largest p over the seeds both ran "
-            "(below α only if the full model wins at every seed). Runs in "
+            "ΔrSum = variant − full GRM (same dataset, protocol, backbone, text encoder); p = one-sided paired "
+            "permutation test of \"full GRM > variant\" on the same test queries (ranks.npz), the largest p over the "
+            "seeds both ran (below α only if the full model wins at every seed). Runs in "
             f"{name}_provenance.csv.")
     prov = ran[ran["method"].isin(set(summary["method"]))][KEYS + PROVENANCE]
     write_table(out, name, title, note, shown, summary, prov)
@@ -209,13 +207,15 @@ def sweep_frame(cfg: dict[str, Any], runs: pd.DataFrame, key: str) -> pd.DataFra
 
 
 def sweep_figure(cfg: dict[str, Any], runs: pd.DataFrame, key: str, figures: Path) -> list[str]:
-    """rSum vs K (Fig. 4a) or vs (a, b, c) (Fig. 4b): one line per backbone, mean ± std over seeds."""
+    """rSum vs K (Fig. 4a) or vs (a, b, c) (Fig. 4b): one line per backbone (per backbone + text encoder when the
+    runs have several), mean ± std over seeds."""
     from fga.report.figures import _plt, _save  # the report's figure style and reproducible writer
 
     data = sweep_frame(cfg, runs, key)
     if data.empty or data["method"].nunique() < 2:
         return []
     plt, sns = _plt()
+    data = data.assign(backbone=series_label(data, "backbone"))  # "b + minilm" when text encoders differ
     panels = sorted(data["panel"].unique())
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.6), squeeze=False, layout="constrained")
     for ax, panel in zip(axes[0], panels):

@@ -17,10 +17,9 @@ import pandas as pd
 
 from fga.data.synthetic import PROBE_KINDS
 from fga.report.notes import say, tie_rules, ties_note
-from fga.report.runs import PROVENANCE, reads_files
+from fga.report.runs import PROVENANCE, RUN_KEYS as KEYS, reads_files
 from fga.report.tables import mean_std_table, summarise, write_table
 
-KEYS = ["dataset", "backbone", "method"]
 POSITIVE_HEADERS = {**{f"{d}_{k}": f"{d} {k.replace('R', 'R@') if k != 'mAPR' else 'mAP@R'}"
                        for d in ("i2t", "t2i") for k in ("R1", "R5", "R10", "mAPR")},
                     "rsum": "rSum (any true)", "standard_rsum": "rSum (own GT)"}

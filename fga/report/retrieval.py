@@ -12,15 +12,16 @@ from fga.report.tables import HEADERS, display, summarise, weights_legend, write
 
 def main_table(runs: pd.DataFrame, out: Path, missing: list[str] | None = None,
                confidence: float = 0.95, ties: str = "") -> pd.DataFrame:
-    """main.*: one row per dataset/protocol/backbone/method; returns the summary it shows."""
+    """main.*: one row per dataset/protocol/backbone/text encoder/method; returns the summary it shows."""
     summary = summarise(runs)
     ci = f" The rSum {confidence:.0%} CI is the seed-mean of each run's percentile bootstrap interval (test images resampled " \
          "with their captions); CSV columns `<name>_ci_lo_mean`/`_hi_mean` hold every recall's." \
         if "rsum_ci_lo_mean" in summary else ""
     ci += f" {ties}" if ties else ""
     note = ("Recall@K in %, mean ± sample std over seeds (Seeds = number of runs per cell); rSum = sum of the six "
-            "recalls. Every number comes from an evaluate run: main_provenance.csv names each by its key and its result "
-            "file (`.../seed<k>/metrics.json`, the numbers the run also logged to MLflow)." + ci)
+            "recalls; Text = the caption encoder (`grid.text_encoders`). Every number comes from an evaluate run: "
+            "main_provenance.csv names each by its key and its result file (`.../seed<k>/metrics.json`, the numbers "
+            "the run also logged to MLflow)." + ci)
     if missing:
         note += (f"\n\n**Incomplete grid**: no evaluate run for {len(missing)} cell(s) of `grid` "
                  f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); their rows average fewer seeds.")

@@ -12,7 +12,7 @@ from fga.report.tables import DASH, pm, summarise, write_table
 
 
 def _wide(summary: pd.DataFrame, level: str, fmt: Callable[[Any], str]) -> pd.DataFrame:
-    """Rows (dataset, backbone, method); one rSum column per level (mean ± std over seeds)."""
+    """Rows (dataset, backbone, text encoder, method); one rSum column per level (mean ± std over seeds)."""
     levels = list(dict.fromkeys(summary[level]))
     rows = []
     for keys, cell in summary.groupby(RUN_KEYS, sort=True):

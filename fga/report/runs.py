@@ -15,13 +15,14 @@ import pandas as pd
 
 from fga.errors import UserError
 from fga.evaluate.recall import DEFAULT_TIE_RULE
-from fga.grid import grid_cells
+from fga.grid import DEFAULT_TEXT_ENCODER, grid_cells, run_path
 from fga.report.files import result_file
 
 RECALLS = [f"{d}_R{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
 COLUMNS = RECALLS + ["rsum"]
-KEYS = ["dataset", "protocol", "backbone", "method"]
-RUN_KEYS = ["dataset", "backbone", "method"]
+KEYS = ["dataset", "protocol", "backbone", "text", "method"]
+RUN_KEYS = ["dataset", "backbone", "text", "method"]  # a run's key (with its seed): fga.grid.run_path's parts
+COMPARED = [k for k in KEYS if k != "method"]  # what runs compared method against method share (text included)
 RESULT_FILE = "result_file"
 PROVENANCE = ["seed", RESULT_FILE]  # after a table's keys: how its provenance CSV names each run
 # the evaluate stage's `evaluate.tie_rule` as the runs frame holds it (search_runs' params columns; from files,
@@ -53,6 +54,25 @@ def _tie_rule(r: pd.Series) -> str:
     return rule if isinstance(rule, str) and rule else DEFAULT_TIE_RULE
 
 
+def text_tag(r: pd.Series) -> str:
+    """The run's caption encoder (tag `text`); a run logged before the text-encoder axis has none: the BiGRU."""
+    text = r.get("tags.text")
+    return text if isinstance(text, str) and text else DEFAULT_TEXT_ENCODER
+
+
+def key_tags(r: pd.Series) -> dict[str, Any]:
+    """The run's key (RUN_KEYS and seed) from its MLflow tags."""
+    return {**{k: text_tag(r) if k == "text" else r[f"tags.{k}"] for k in RUN_KEYS}, "seed": r["tags.seed"]}
+
+
+def series_label(frame: pd.DataFrame, column: str = "method") -> pd.Series:
+    """What a figure's hue or axis names a row's series by: `column` alone, or "<column> + <text encoder>" when the
+    frame holds runs of more than one text encoder (so they are drawn apart, never pooled)."""
+    if "text" not in frame or frame["text"].nunique() <= 1:
+        return frame[column].astype(str)
+    return frame[column].astype(str) + " + " + frame["text"].astype(str)
+
+
 def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per evaluate run: key tags, weights source, run id, result file, tie rule (``tie_rule``), the
     protocol's metrics, and, where the evaluate stage computed them, bootstrap CI bounds (``<name>_ci_lo/_hi``) and
@@ -66,9 +86,9 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
     rows = []
     for _, r in runs.iterrows():
         protocol = r["tags.protocol"]
-        row = {k: r[f"tags.{k}"] for k in ("dataset", "backbone", "method", "seed")}
+        row = key_tags(r)
         row.update(protocol=protocol, run_id=r["run_id"], weights=r.get("tags.weights_source", "") or "")
-        row[RESULT_FILE] = result_file(cfg, "evaluate", row["dataset"], row["backbone"], row["method"], row["seed"])
+        row[RESULT_FILE] = result_file(cfg, "evaluate", *(row[k] for k in RUN_KEYS + ["seed"]))
         row["tie_rule"] = _tie_rule(r)
         row.update({c: _metric(r, f"{protocol}/{c}") for c in COLUMNS})
         row.update({f"{c}_ci_{b}": _metric(r, f"{protocol}/ci/{c}_{b}") for c in COLUMNS for b in ("lo", "hi")})
@@ -79,23 +99,26 @@ def evaluation_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> pd
     return frame.sort_values(KEYS + ["seed"]).reset_index(drop=True)
 
 
-def _cells_of(runs: pd.DataFrame) -> pd.Series:
-    return pd.Series(list(zip(runs["dataset"], runs["backbone"], runs["method"], runs["seed"].astype(int))),
-                     index=runs.index, dtype=object)
+def cells_of(runs: pd.DataFrame) -> pd.Series:
+    """Each run's fga.grid cell: (dataset, backbone, text encoder, method, seed)."""
+    return pd.Series(list(zip(*(runs[k] for k in RUN_KEYS), runs["seed"].astype(int))), index=runs.index,
+                     dtype=object)
 
 
 def in_grid(cfg: dict[str, Any], runs: pd.DataFrame, ablation: bool = True) -> pd.DataFrame:
     """The runs of the configured grid only (a store also keeps runs of methods or seeds dropped from it);
-    ablation=False: the main grid only (datasets x backbones x methods x seeds, no ablation variants)."""
+    ablation=False: the main grid only (datasets x backbones x text encoders x methods x seeds, no ablation
+    variants)."""
     if runs.empty:
         return runs
-    return runs[_cells_of(runs).isin(set(grid_cells(cfg, ablation)))].reset_index(drop=True)
+    return runs[cells_of(runs).isin(set(grid_cells(cfg, ablation)))].reset_index(drop=True)
 
 
 def missing_runs(cfg: dict[str, Any], runs: pd.DataFrame) -> list[str]:
-    """Grid cells (dataset/backbone/method/seed, ablation variants included) without a run in `runs`."""
-    have = set(_cells_of(runs)) if not runs.empty else set()
-    return [f"{d}/{b}/{m}/seed{s}" for d, b, m, s in grid_cells(cfg) if (d, b, m, s) not in have]
+    """Grid cells (fga.grid.run_path: dataset/backbone/text/method/seed<k>, ablation variants included) without a
+    run in `runs`."""
+    have = set(cells_of(runs)) if not runs.empty else set()
+    return [run_path(*cell) for cell in grid_cells(cfg) if cell not in have]
 
 
 def present(frame: pd.DataFrame, cols: list[str]) -> list[str]:
@@ -140,7 +163,7 @@ def robustness_runs(cfg: dict[str, Any], runs: pd.DataFrame | None = None) -> tu
     clutter: dict[tuple, dict] = {}
     distract: dict[tuple, dict] = {}
     for _, r in runs.iterrows():
-        base = {k: r[f"tags.{k}"] for k in RUN_KEYS + ["seed"]}
+        base = key_tags(r)
         base["run_id"] = r["run_id"]
         base[RESULT_FILE] = result_file(cfg, "robustness", *(base[k] for k in RUN_KEYS + ["seed"]))
         protocol = r.get("tags.protocol")

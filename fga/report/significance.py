@@ -1,5 +1,6 @@
 """The significance table: a paired test "GRM > baseline" in rSum per seed, from the evaluate runs' ranks.npz
-(fga.evaluate.stats.paired_test), and one verdict over the seeds (fga.evaluate.stats.paired_tests_over_seeds)."""
+(fga.evaluate.stats.paired_test), and one verdict over the seeds (fga.evaluate.stats.paired_tests_over_seeds).
+Both runs of a pair share dataset, protocol, backbone and text encoder: only the method differs."""
 from __future__ import annotations
 
 import math
@@ -12,17 +13,17 @@ import pandas as pd
 
 from fga.evaluate.stats import bootstrap_options, paired_test, paired_tests_over_seeds
 from fga.report.notes import say
-from fga.report.runs import RESULT_FILE, run_ranks
+from fga.report.runs import COMPARED as PAIRED, RESULT_FILE, run_ranks
 from fga.report.tables import DASH, write_table
 
-CELL = ["dataset", "protocol", "backbone", "baseline"]
+CELL = PAIRED + ["baseline"]
 
 
 def _pairs(runs: pd.DataFrame, method: str,
            baselines: list[str]) -> Iterator[tuple[tuple, str, int, pd.Series, pd.Series]]:
-    """((dataset, protocol, backbone), baseline, seed, run of `method`, run of the baseline) for every seed both ran;
-    a run is its row (run_id, result_file)."""
-    for cell_key, cell in runs.groupby(["dataset", "protocol", "backbone"], sort=True):
+    """((dataset, protocol, backbone, text), baseline, seed, run of `method`, run of the baseline) for every seed both
+    ran; a run is its row (run_id, result_file)."""
+    for cell_key, cell in runs.groupby(PAIRED, sort=True):
         ours = cell[cell["method"] == method].set_index("seed")
         for baseline in baselines:
             theirs = cell[cell["method"] == baseline].set_index("seed")
@@ -42,9 +43,10 @@ def _per_seed_tests(cfg: dict[str, Any], runs: pd.DataFrame, method: str, baseli
                 cache[run_id] = run_ranks(cfg, run_id, Path(tmp))
             return cache[run_id]
 
-        for (dataset, protocol, backbone), baseline, seed, ours, theirs in _pairs(runs, method, baselines):
+        for cell_key, baseline, seed, ours, theirs in _pairs(runs, method, baselines):
+            cell = dict(zip(PAIRED, cell_key))
             a, b = ranks(ours["run_id"]), ranks(theirs["run_id"])
-            where = f"{dataset}/{backbone}/{{}}/seed{seed}"
+            where = f"{cell['dataset']}/{cell['backbone']}/{cell['text']}/{{}}/seed{seed}"
             if a is None or b is None:
                 say(f"report: no ranks.npz artifact in the evaluate run of "
                     f"{where.format(method if a is None else baseline)}; its significance row skipped", quiet)
@@ -54,7 +56,7 @@ def _per_seed_tests(cfg: dict[str, Any], runs: pd.DataFrame, method: str, baseli
                     "queries; their significance row skipped", quiet)
                 continue
             test = paired_test((a.i2t, a.t2i), (b.i2t, b.t2i), a.caps_per_image, **opts)
-            rows.append({"dataset": dataset, "protocol": protocol, "backbone": backbone, "baseline": baseline,
+            rows.append({**cell, "baseline": baseline,
                          "seed": str(seed), "delta_rsum": test["delta_rsum"], "ci_lo": test["ci"][0],
                          "ci_hi": test["ci"][1], "p_value": test["p_value"], "n_images": len(a.image_ids),
                          "n_resamples": test["n_resamples"], RESULT_FILE: ours[RESULT_FILE],

@@ -6,6 +6,7 @@ if workflow.basedir not in sys.path:
 
 from fga.config import evaluation_section, load_params, snakemake_config, write_resolved
 from fga.errors import UserError
+from fga.grid import text_encoders
 from fga.paths import output_roots, shared_sections_problem
 
 try:
@@ -43,11 +44,13 @@ class Untracked:
 
 FGA = "python -m fga"
 # content-addressed and never rewritten: a dry run or a second workflow with other params cannot change what
-# a running job reads (the files are tiny; delete .snakemake/fga/ when no workflow is running to tidy up)
-COMMON = Untracked(f"--params {write_resolved(config, '.snakemake/fga')} --quiet")
+# a running job reads (the files are tiny; delete .snakemake/fga/ when no workflow is running to tidy up).
+# --defer-tracking: jobs keep their MLflow runs in LOGS/tracking_pending/ instead of importing MLflow (~2-3 s a
+# job); the report job and the Snakefile's onsuccess/onerror handlers log them (`fga tracking sync`)
+COMMON = Untracked(f"--params {write_resolved(config, '.snakemake/fga')} --quiet --defer-tracking")
 GRID = config["grid"]
 SPLITS = ["train", "val", "test"]
-RUN = "{dataset}/{backbone}/{method}/seed{seed}"
+RUN = "{dataset}/{backbone}/{text}/{method}/seed{seed}"  # fga.grid.run_path
 # the experiment's output roots (fga/paths.py): runs/, results/, logs/... for `experiment: default`,
 # experiments/<name>/runs/, ... for any other, so experiments run side by side; data/ and features/ are shared
 ROOTS = output_roots(config)
@@ -64,18 +67,20 @@ EVAL_SPLIT = EVAL.get("split", "test")
 DISTRACTORS = ROBUST.get("distractors", [2, 4, 8])
 GPU = 1 if config["train"].get("device") == "cuda" else 0
 ABLATION = GRID.get("ablation") or {"backbones": [], "methods": []}
+TEXTS = text_encoders(config)  # grid.text_encoders
 
 
 def main_runs(pattern):
-    """`pattern` for each dataset x backbone x method x seed of the grid (the runs the robustness stage scores)."""
-    return expand(pattern, dataset=GRID["datasets"], backbone=GRID["backbones"], method=GRID["methods"],
+    """`pattern` for each dataset x backbone x text encoder x method x seed of the grid (the runs the robustness
+    stage scores)."""
+    return expand(pattern, dataset=GRID["datasets"], backbone=GRID["backbones"], text=TEXTS, method=GRID["methods"],
                   seed=GRID["seeds"])
 
 
 def grid_runs(pattern):
-    """`pattern` for every run of the grid: the main runs, then the ablation variants' (every seed)."""
+    """`pattern` for every run of the grid: the main runs, then the ablation variants' (every seed and encoder)."""
     main = main_runs(pattern)
-    variants = expand(pattern, dataset=GRID["datasets"], backbone=ABLATION["backbones"],
+    variants = expand(pattern, dataset=GRID["datasets"], backbone=ABLATION["backbones"], text=TEXTS,
                       method=ABLATION["methods"], seed=GRID["seeds"])
     return main + [p for p in variants if p not in main]
 

@@ -11,9 +11,8 @@ rule evaluate:
     input:
         checkpoint=f"{RUNS}/{RUN}/checkpoint.safetensors",
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
-        vocab="features/{dataset}/vocab.json",
         bank=qbnorm_bank_of,
-        text=lambda w: text_store_of(EVAL_SPLIT, *(["train"] if qbnorm_bank_of(w) else []))(w),
+        text=text_inputs,
     output:
         metrics=f"{RESULTS}/{RUN}/metrics.json",
         ranks=f"{RESULTS}/{RUN}/ranks.npz",
@@ -36,7 +35,7 @@ rule evaluate:
         "../envs/fga.yaml"
     shell:
         "{params.fga} evaluate --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {params.common} > {log} 2>&1"
+        "--seed {wildcards.seed} --text-encoder {wildcards.text} {params.common} > {log} 2>&1"
 
 
 rule distractor_data:
@@ -97,8 +96,7 @@ rule robustness:
     input:
         checkpoint=f"{RUNS}/{RUN}/checkpoint.safetensors",
         test=f"features/{{dataset}}/{{backbone}}/{EVAL_SPLIT}.h5",
-        vocab="features/{dataset}/vocab.json",
-        text=text_store_of(EVAL_SPLIT),
+        text=text_inputs,
         instances="data/{dataset}/instances.json",
         distractors=distractor_features_of,
         # the evaluate stage's saved matrix is reused when there is one
@@ -124,4 +122,4 @@ rule robustness:
         "../envs/fga.yaml"
     shell:
         "{params.fga} robustness --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {params.common} > {log} 2>&1"
+        "--seed {wildcards.seed} --text-encoder {wildcards.text} {params.common} > {log} 2>&1"

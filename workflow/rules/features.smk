@@ -1,66 +1,21 @@
-rule vocabulary:
-    """Word vocabulary from the train captions only (the BiGRU text path)."""
+rule text_features:
+    """A caption encoder's text features of a dataset: the BiGRU's train-caption vocabulary (text_bigru/vocab.json);
+    a transformer's last hidden state of every caption word piece of every split (text_<encoder>/<split>.h5)."""
     input:
         "data/{dataset}/dataset.json",
     output:
-        "features/{dataset}/vocab.json",
+        directory("features/{dataset}/text_{text}"),
     params:
         fga=FGA,
         common=COMMON,
-        # the vocabulary's own settings (not the transformer encoders')
-        text={k: v for k, v in config["features"]["text"].items() if k not in ("encoders", "stores")},
+        # the encoder's own settings: the vocabulary's (not the transformers'), or the transformer's spec
+        text=lambda w: {k: v for k, v in config["features"]["text"].items() if k != "encoders"}
+        if w.text == "bigru" else config["features"]["text"].get("encoders", {}).get(w.text),
     log:
-        "logs/features/{dataset}/vocab.log",
+        "logs/features/{dataset}/text_{text}.log",
     benchmark:
-        "benchmarks/logs/features/{dataset}/vocab.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../envs/fga.yaml"
-    shell:
-        "{params.fga} features text --dataset {wildcards.dataset} {params.common} > {log} 2>&1"
-
-
-def text_store_name():
-    """The text encoder whose cached word-piece features a run reads (train.text_encoder, a transformer, in
-    frozen_features mode; fga.inputs.text_encoder_name), else None: the BiGRU reads vocab.json, finetune the
-    captions themselves."""
-    name = config["train"].get("text_encoder") or "bigru"
-    frozen = config["train"].get("mode", "frozen_features") == "frozen_features"
-    return name if name != "bigru" and frozen else None
-
-
-def text_store_of(*splits):
-    """Input function: the run's text-store files of `splits` (none with the BiGRU, the default)."""
-
-    def files(w):
-        name = text_store_name()
-        return [f"features/{w.dataset}/text_{name}/{split}.h5" for split in splits] if name else []
-
-    return files
-
-
-# features/<dataset>/text_<encoder>/ is a text store, not a backbone's region store
-ruleorder: text_encode > extract_features
-
-
-rule text_encode:
-    """Pretrained transformer -> last hidden state of every caption word piece of every split (frozen_features)."""
-    input:
-        "data/{dataset}/dataset.json",
-    output:
-        expand("features/{{dataset}}/text_{{encoder}}/{split}.h5", split=SPLITS),
-    params:
-        fga=FGA,
-        common=COMMON,
-        encoder=lambda w: config["features"]["text"].get("encoders", {}).get(w.encoder),
-    log:
-        "logs/features/{dataset}/text_{encoder}.log",
-    benchmark:
-        "benchmarks/logs/features/{dataset}/text_{encoder}.tsv"
-    threads: 2
+        "benchmarks/logs/features/{dataset}/text_{text}.tsv"
+    threads: lambda w: 1 if w.text == "bigru" else 2
     resources:
         mem_mb=4000,
         runtime=60,
@@ -68,7 +23,16 @@ rule text_encode:
         "../envs/fga.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.fga} features text-encode --dataset {wildcards.dataset} "
-        "--encoder {wildcards.encoder} {params.common} > {log} 2>&1"
+        "--encoder {wildcards.text} {params.common} > {log} 2>&1"
+
+
+def text_inputs(w):
+    """The text features a run of encoder `{text}` reads: the BiGRU's vocabulary; a transformer's cached word
+    pieces in frozen_features mode; none for a transformer in finetune mode, which tokenizes the captions itself
+    (dvc.yaml's text_features stage, which cannot skip it, builds them anyway)."""
+    if w.text != "bigru" and config["train"].get("mode", "frozen_features") != "frozen_features":
+        return []
+    return [f"features/{w.dataset}/text_{w.text}"]
 
 
 rule extract_features:

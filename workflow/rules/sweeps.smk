@@ -8,15 +8,15 @@ SWEEP_CELLS = sweep_cells(config)
 
 
 def sweep_runs(pattern):
-    """`pattern` for every (dataset, backbone, method, seed) of the sweeps."""
-    return [pattern.format(dataset=d, backbone=b, method=m, seed=s) for d, b, m, s in SWEEP_CELLS]
+    """`pattern` for every (dataset, backbone, text encoder, method, seed) of the sweeps."""
+    return [pattern.format(dataset=d, backbone=b, text=t, method=m, seed=s) for d, b, t, m, s in SWEEP_CELLS]
 
 
 rule grm_sweeps:
     """Every sweep run evaluated, then `fga report` (no declared output: it rewrites the report's directories,
     so it runs whenever it is asked for)."""
     input:
-        sweep_runs(f"{RESULTS}/{{dataset}}/{{backbone}}/{{method}}/seed{{seed}}/metrics.json"),
+        sweep_runs(f"{RESULTS}/{RUN}/metrics.json"),
     params:
         fga=FGA,
         common=COMMON,

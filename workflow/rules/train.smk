@@ -4,16 +4,14 @@ rule train:
     input:
         train="features/{dataset}/{backbone}/train.h5",
         val="features/{dataset}/{backbone}/val.h5",
-        vocab="features/{dataset}/vocab.json",
-        text=text_store_of("train", "val"),  # train.text_encoder's cached word pieces (none with the BiGRU)
+        text=text_inputs,
     output:
         f"{RUNS}/{RUN}/checkpoint.safetensors",
     params:
         fga=FGA,
         common=COMMON,
-        # the default caption encoder leaves the params (and the rerun trigger) as they were before it was a key
-        # (fga.runs.run_params drops it alike)
-        train={k: v for k, v in config["train"].items() if (k, v) != ("text_encoder", "bigru")},
+        # the caption encoder is the run's {text} (--text-encoder), not train.text_encoder's default
+        train={k: v for k, v in config["train"].items() if k != "text_encoder"},
         method=lambda w: config["methods"].get(w.method, {}),  # variants resolved (common.smk)
     log:
         f"{LOGS}/train/{RUN}.log",
@@ -28,4 +26,4 @@ rule train:
         "../envs/fga.yaml"
     shell:
         "{params.fga} train --dataset {wildcards.dataset} --backbone {wildcards.backbone} --method {wildcards.method} "
-        "--seed {wildcards.seed} {params.common} > {log} 2>&1"
+        "--seed {wildcards.seed} --text-encoder {wildcards.text} {params.common} > {log} 2>&1"
