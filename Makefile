@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# pip installs without compiling bytecode (--no-compile: ~50 s of a ~120 s install on 2 cores goes to compiling
+# every file of every package); Python compiles each module the first time a job imports it and keeps the .pyc.
+# Keeping needs bytecode writing on, so make's recipes clear PYTHONDONTWRITEBYTECODE (without it every job would
+# recompile torch & co., ~2 s a job; benchmarks: docs/benchmarks.md#make-run-from-a-fresh-clone).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test install dry-run run-slurm slurm-up lint bench clean-outputs pull screenshots
 
@@ -12,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q --no-compile -e '.[test]'
 	touch $(STAMP)
 
 # local run: workflow/profiles/default (all cores, rerun on changed params/code/inputs); add flags via SNAKEMAKE_ARGS.

@@ -16,6 +16,7 @@ import yaml
 
 from fga.config import load_params
 from fga.errors import UserError
+from fga.io import atomic_path
 
 DVC_PARAMS = Path("params.yaml")  # the file dvc.yaml's `vars` and `params` read
 
@@ -67,5 +68,23 @@ def record_in_dvc(run_params: Path, root: Path = Path(".")) -> str:
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
         raise UserError(f"dvc commit failed in {root.resolve()}: {last[0]}; fix that and run `fga dvc-record`")
-    lock = _read_yaml(root / "dvc.lock") or {}
+    lock = prune_lock(root)
     return f"dvc: recorded {len(lock.get('stages', {}))} stages in DVC's cache and dvc.lock"
+
+
+def prune_lock(root: Path = Path(".")) -> dict[str, Any]:
+    """Drop dvc.lock's entries of stages dvc.yaml no longer declares (a renamed stage or a changed matrix: `dvc
+    commit` adds the new entries and keeps the old ones); returns the lock as it is afterwards."""
+    from dvc.repo import Repo
+
+    path = root / "dvc.lock"
+    lock = _read_yaml(path) or {}
+    with Repo(str(root)) as repo:
+        pipeline = str((root / "dvc.yaml").resolve())
+        declared = {stage.name for stage in repo.index.stages if str(Path(stage.path).resolve()) == pipeline}
+    stale = [name for name in lock.get("stages", {}) if name not in declared]
+    if stale:
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k not in stale}
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(lock, sort_keys=False, width=120))
+    return lock

@@ -76,6 +76,18 @@ def test_record_commits_every_stage_and_leaves_the_outputs_in_place(dvc_project,
     assert identity(dvc_project) == rerun
 
 
+def test_record_drops_the_lock_entries_of_stages_dvc_yaml_no_longer_declares(dvc_project):
+    """A stage renamed in dvc.yaml (or a matrix item gone): `dvc commit` adds the new entry and keeps the old one;
+    the record leaves only dvc.yaml's stages, so `dvc status` and the lock agree with the pipeline."""
+    record_in_dvc(Path("params.yaml"), dvc_project)
+    dvc_yaml = dvc_project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("  make:", "  build:"))
+    assert record_in_dvc(Path("params.yaml"), dvc_project) == "dvc: recorded 1 stages in DVC's cache and dvc.lock"
+    assert list(yaml.safe_load((dvc_project / "dvc.lock").read_text())["stages"]) == ["build"]
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=dvc_project, capture_output=True, text=True)
+    assert "up to date" in status.stdout.lower(), status.stdout
+
+
 def test_record_refuses_a_run_of_other_parameters_than_params_yaml(dvc_project):
     cfg = yaml.safe_load((dvc_project / "params.yaml").read_text())
     cfg["train"]["epochs"] += 1  # what `snakemake --configfile overlay.yaml` resolves

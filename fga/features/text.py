@@ -168,21 +168,11 @@ def vocab_file(dataset: str, root: str | Path = "features") -> Path:
 class TextEncoder:
     """A local transformers encoder: captions -> per-word-piece features and attention mask."""
 
-    def __init__(self, model_dir: str | Path, max_words: int, quiet: bool = True):
-        _offline()
+    def __init__(self, model_dir: str | Path, max_words: int):
         import torch
-        import transformers
-        from transformers import AutoModel, AutoTokenizer
 
-        if quiet:
-            transformers.utils.logging.disable_progress_bar()
-
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"{model_dir}: cannot load a transformers model from it ({first})") from None
+        self.tokenizer, model = load_transformer(model_dir)
+        self.model = model.eval()
         limit = getattr(self.tokenizer, "model_max_length", None) or max_words
         self.max_words = int(min(max_words, limit, self.model.config.max_position_embeddings))
         self.feature_dim = int(self.model.config.hidden_size)
@@ -306,7 +296,7 @@ def extract_text(cfg: dict[str, Any], dataset: str, encoder_name: str, data_dir:
     if not todo:
         return
     model_dir, source = resolve_model_dir(spec, encoder_name)
-    encoder = TextEncoder(model_dir, encoder_max_words(cfg, encoder_name), quiet)
+    encoder = TextEncoder(model_dir, encoder_max_words(cfg, encoder_name))
     bs = int(spec.get("batch_size") or cfg["features"]["batch_size"])
     attrs = {"encoder": encoder_name, "model_dir": str(spec.get("model_dir") or "packaged"), "weights_source": source,
              "feature_dim": encoder.feature_dim, "max_words": encoder.max_words, "cls_index": 0, "dataset": dataset,
