@@ -107,17 +107,17 @@ def test_faithfulness_table_matches_grm_options():
 
 def test_readme_main_table_is_the_benchmarked_run():
     """The front page's table is the default table of docs/benchmarks.md, fewer constant columns."""
-    def rows(text: str, first: str) -> dict[tuple[str, str], list[str]]:
+    def rows(text: str, first: str) -> dict[tuple[str, str, str], list[str]]:
         table = text[text.index(first):].split("\n\n", 1)[0].splitlines()
         head = [c.strip() for c in table[0].strip("|").split("|")]
         out = {}
         for line in table[2:]:
             cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
-            out[(cells["Backbone"], cells["Method"])] = [cells[h] for h in head if h.startswith(("i2t", "t2i", "rSum", "Seeds"))]
+            out[(cells["Backbone"], cells["Text"], cells["Method"])] = [cells[h] for h in head if h.startswith(("i2t", "t2i", "rSum", "Seeds"))]
         return out
 
     bench = (DOCS / "benchmarks.md").read_text()
-    front = rows(README, "| Backbone | Method |")
+    front = rows(README, "| Backbone | Text | Method |")
     assert len(front) == 6
     assert front == rows(bench[bench.index("### The default table"):], "| Dataset | Backbone |")
 
