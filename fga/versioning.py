@@ -76,6 +76,7 @@ def prune_lock(root: Path = Path(".")) -> dict[str, Any]:
     """Drop dvc.lock's entries of stages dvc.yaml no longer declares (a renamed stage or a changed matrix: `dvc
     commit` adds the new entries and keeps the old ones); returns the lock as it is afterwards."""
     from dvc.repo import Repo
+    from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
     path = root / "dvc.lock"
     lock = _read_yaml(path) or {}
@@ -84,7 +85,11 @@ def prune_lock(root: Path = Path(".")) -> dict[str, Any]:
         declared = {stage.name for stage in repo.index.stages if str(Path(stage.path).resolve()) == pipeline}
     stale = [name for name in lock.get("stages", {}) if name not in declared]
     if stale:
-        lock["stages"] = {k: v for k, v in lock["stages"].items() if k not in stale}
+        # DVC's own round-trip YAML: the entries kept are written byte for byte as `dvc commit` wrote them
+        kept = parse_yaml_for_update(path.read_text(), str(path))
+        for name in stale:
+            del kept["stages"][name]
         with atomic_path(path) as tmp:
-            tmp.write_text(yaml.safe_dump(lock, sort_keys=False, width=120))
+            tmp.write_text(dumps_yaml(kept))
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k not in stale}
     return lock

@@ -83,7 +83,11 @@ def test_record_drops_the_lock_entries_of_stages_dvc_yaml_no_longer_declares(dvc
     dvc_yaml = dvc_project / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("  make:", "  build:"))
     assert record_in_dvc(Path("params.yaml"), dvc_project) == "dvc: recorded 1 stages in DVC's cache and dvc.lock"
-    assert list(yaml.safe_load((dvc_project / "dvc.lock").read_text())["stages"]) == ["build"]
+    pruned = (dvc_project / "dvc.lock").read_text()
+    assert list(yaml.safe_load(pruned)["stages"]) == ["build"]
+    # what is kept is written as DVC writes it: DVC's own commit of the same outputs gives the same bytes
+    subprocess.run([str(BIN / "dvc"), "commit", "--force", "--no-relink", "-q", "dvc.yaml"], cwd=dvc_project, check=True)
+    assert (dvc_project / "dvc.lock").read_text() == pruned
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=dvc_project, capture_output=True, text=True)
     assert "up to date" in status.stdout.lower(), status.stdout
 
