@@ -46,10 +46,7 @@ rule all:
 # MLflow even when another job failed. Nothing kept costs a directory listing. A sync that fails (tracking server
 # down) says so in one line and leaves the runs kept: the results are on disk, and the report syncs first.
 onsuccess:
-    from fga.tracking_sync import has_kept_runs
-
-    if has_kept_runs(LOGS):
-        shell(f"{FGA} tracking sync {COMMON} || true")
+    sync_kept_runs()
     targets = sorted({job.rule.name for job in workflow.dag.targetjobs})
     if "all" in targets:
         shell(f"{FGA} dvc-record {COMMON}")
@@ -59,7 +56,4 @@ onsuccess:
 
 
 onerror:
-    from fga.tracking_sync import has_kept_runs
-
-    if has_kept_runs(LOGS):
-        shell(f"{FGA} tracking sync {COMMON} || true")
+    sync_kept_runs()

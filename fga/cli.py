@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fga.errors import UserError
+from fga.grid import DEFAULT_TEXT_ENCODER, run_path, run_text_encoder
 
 STARTUP_LOG_ENV = "FGA_STARTUP_LOG"
 # Packages a pipeline job should load only in the verbs that use them (bench_workflow.py, tests/test_cli.py)
@@ -113,17 +114,10 @@ def file_hash(path: Path) -> str:
 
 def run_dir(cfg: dict[str, Any], kind: str, a: argparse.Namespace) -> Path:
     """The run's directory under the params' experiment's `kind` root ("runs" or "results", fga/paths.py)."""
-    from fga.grid import run_path
     from fga.paths import output_roots
 
-    return Path(getattr(output_roots(cfg), kind)) / run_path(a.dataset, a.backbone, _text(cfg), a.method, a.seed)
-
-
-def _text(cfg: dict[str, Any]) -> str:
-    """The run's caption encoder: --text-encoder, which sets train.text_encoder (see _run_verb), or its default."""
-    from fga.grid import run_text_encoder
-
-    return run_text_encoder(cfg)
+    return Path(getattr(output_roots(cfg), kind)) / run_path(a.dataset, a.backbone, run_text_encoder(cfg), a.method,
+                                                              a.seed)
 
 
 def cmd_data_prepare(cfg: dict[str, Any], a: argparse.Namespace) -> None:
@@ -150,7 +144,6 @@ def cmd_features_text(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 
 def cmd_features_text_encode(cfg: dict[str, Any], a: argparse.Namespace) -> None:
     from fga.features.text import extract_text, text_store_dir
-    from fga.grid import DEFAULT_TEXT_ENCODER
 
     if a.encoder == DEFAULT_TEXT_ENCODER:  # the BiGRU's text features are its vocabulary
         cmd_features_text(cfg, a)
@@ -170,8 +163,8 @@ def cmd_features_extract(cfg: dict[str, Any], a: argparse.Namespace) -> None:
 
 
 def _key(cfg: dict[str, Any], a: argparse.Namespace, stage: str) -> dict[str, Any]:
-    return {"dataset": a.dataset, "backbone": a.backbone, "text": _text(cfg), "method": a.method, "seed": a.seed,
-            "stage": stage}
+    return {"dataset": a.dataset, "backbone": a.backbone, "text": run_text_encoder(cfg), "method": a.method,
+            "seed": a.seed, "stage": stage}
 
 
 def _provenance(cfg: dict[str, Any], a: argparse.Namespace) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 Cell = tuple[str, str, str, str, int]  # dataset, visual backbone, text encoder, method, seed
-DEFAULT_TEXT_ENCODER = "bigru"  # fga.models.text_encoder.BIGRU (not imported: this module stays torch-free)
+DEFAULT_TEXT_ENCODER = "bigru"  # the BiGRU over vocabulary words (fga.models.text_encoder.BIGRU is this name)
 
 
 def run_text_encoder(cfg: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from fga.features.store import feature_hash, open_store, open_text_store, read_s
 from fga.features.text import (TextEncoder, caption_rows, encode_captions, encoder_max_words, encoder_spec,
                                load_tokenizer, load_vocab, max_pieces, resolve_model_dir, split_captions,
                                text_feature_hash, text_store_dir, vocab_file, word_piece_ids)
+from fga.grid import run_text_encoder
 from fga.io import read_json
 from fga.models.text_encoder import BIGRU, TextEncoderSpec
 
@@ -61,11 +62,6 @@ def is_finetune(cfg: dict[str, Any]) -> bool:
     return cfg["train"].get("mode", "frozen_features") == "finetune"
 
 
-def text_encoder_name(cfg: dict[str, Any]) -> str:
-    """The run's caption encoder, `train.text_encoder`: `bigru` (default) or a `features.text.encoders` entry."""
-    return str(cfg["train"].get("text_encoder") or BIGRU)
-
-
 def _model_width(model_dir: Path) -> int:
     """hidden_size of a local transformers model (config.json), the width of its cached features."""
     config = read_json(model_dir / "config.json", "transformers config.json")
@@ -77,7 +73,7 @@ def _model_width(model_dir: Path) -> int:
 
 def text_encoder_spec(cfg: dict[str, Any]) -> TextEncoderSpec:
     """The `TextEncoderSpec` a run of `cfg` builds its models with (model directories checked, one-line errors)."""
-    name, mode = text_encoder_name(cfg), cfg["train"].get("mode", "frozen_features")
+    name, mode = run_text_encoder(cfg), cfg["train"].get("mode", "frozen_features")
     if name == BIGRU:
         return TextEncoderSpec(BIGRU, mode)
     try:
@@ -94,7 +90,7 @@ def text_store_words(cfg: dict[str, Any], dataset: str, split: str, dataset_json
                      rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached word-piece features of a split's captions (some rows, sorted; all when None) -> (features
     [n, L, D] float16 without [CLS]/[SEP], word pieces per caption [n]), checked against the params and dataset."""
-    name = text_encoder_name(cfg)
+    name = run_text_encoder(cfg)
     path = text_store_dir(dataset, name) / f"{split}.h5"
     fix = f"re-run `fga features text-encode --dataset {dataset} --encoder {name}`"
     if not path.exists():
@@ -127,7 +123,7 @@ def strip_special_tokens(tokens: np.ndarray, mask: np.ndarray) -> tuple[torch.Te
 def split_texts(cfg: dict[str, Any], dataset: str, backbone: str, split: str, dataset_json: dict[str, Any],
                 rows: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's captions (some rows, sorted; all when None) as the run's text encoder takes them: (tokens, lengths)."""
-    name = text_encoder_name(cfg)
+    name = run_text_encoder(cfg)
     if name != BIGRU and not is_finetune(cfg):
         return text_store_words(cfg, dataset, split, dataset_json, rows)
     _, captions = split_captions(dataset_json, split)
@@ -144,7 +140,7 @@ def caption_tokens(cfg: dict[str, Any], captions: list[str], vocab_path: Path) -
     """Any captions -> (tokens, lengths) as the run's text encoder takes them: ids of the dataset's train vocabulary
     (`vocab_path`, the BiGRU), word-piece ids (finetune), or word-piece features the transformer computes now
     (frozen_features: what its text store holds for a split's captions, used for captions no store holds)."""
-    name = text_encoder_name(cfg)
+    name = run_text_encoder(cfg)
     if name == BIGRU:
         tokens, lengths = encode_captions(captions, load_vocab(vocab_path), cfg["features"]["text"]["max_words"])
         return torch.from_numpy(tokens), torch.from_numpy(lengths)
@@ -163,7 +159,7 @@ def caption_tokens(cfg: dict[str, Any], captions: list[str], vocab_path: Path) -
 def caption_pieces(cfg: dict[str, Any], captions: list[str]) -> list[list[str]] | None:
     """The word pieces a transformer text encoder sees in each caption ([CLS]/[SEP] dropped, as it gets them);
     None for the BiGRU (its words come from the vocabulary)."""
-    name = text_encoder_name(cfg)
+    name = run_text_encoder(cfg)
     if name == BIGRU:
         return None
     tokenizer = load_tokenizer(text_encoder_spec(cfg).model_dir)

@@ -6,7 +6,8 @@ from typing import Any
 from fga.config import params_hash
 from fga.features.store import feature_hash
 from fga.features.text import encoder_spec
-from fga.inputs import text_encoder_name, text_encoder_spec, vocab_size
+from fga.grid import run_text_encoder
+from fga.inputs import text_encoder_spec, vocab_size
 from fga.models.base import RetrievalModel
 from fga.models.registry import build_model, method_section
 from fga.models.text_encoder import BIGRU
@@ -19,7 +20,7 @@ def text_params(cfg: dict[str, Any]) -> dict[str, Any]:
     """The caption settings a run depends on: the vocabulary's, plus the spec of its transformer encoder if any (a
     BiGRU run's params, and hash, are what they were before transformer encoders existed)."""
     text = {k: v for k, v in cfg["features"]["text"].items() if k != "encoders"}
-    name = text_encoder_name(cfg)
+    name = run_text_encoder(cfg)
     return text if name == BIGRU else {**text, "encoder": {name: encoder_spec(cfg, name)}}
 
 

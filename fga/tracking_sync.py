@@ -37,10 +37,11 @@ def pending_dir(cfg: dict[str, Any]) -> Path:
     return Path(output_roots(cfg).logs) / PENDING_DIR
 
 
-def has_kept_runs(logs_root: str | Path) -> bool:
-    """Whether an experiment's logs root holds kept runs: the workflow's check (a directory listing, no MLflow)
-    before it starts `fga tracking sync`."""
-    return any((Path(logs_root) / PENDING_DIR).glob("*.json"))
+def kept_records(logs_root: str | Path) -> list[Path]:
+    """The kept runs' records under an experiment's logs root, in name order: a directory listing, no MLflow (the
+    workflow's check before it starts `fga tracking sync`)."""
+    folder = Path(logs_root) / PENDING_DIR
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
 def _record_path(cfg: dict[str, Any], key: dict[str, Any]) -> Path:
@@ -131,9 +132,8 @@ def log_train_run(cfg: dict[str, Any], key: dict[str, Any], meta: dict[str, Any]
 
 
 def pending(cfg: dict[str, Any]) -> list[Path]:
-    """The kept runs' records, in name order (none when the folder does not exist)."""
-    folder = pending_dir(cfg)
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    """The params' experiment's kept runs' records, in name order."""
+    return kept_records(output_roots(cfg).logs)
 
 
 def sync(cfg: dict[str, Any], quiet: bool = False) -> int:

@@ -80,8 +80,8 @@ from fga.evaluate.recall import rank_metrics
 from fga.evaluate.similarity import similarity_matrix
 from fga.finetune import finetune_sources
 from fga.features.text import load_tokenizer
-from fga.inputs import (SplitInputs, caption_inputs, caps_per_image, load_split, text_encoder_name, text_encoder_spec,
-                        vocab_size)
+from fga.grid import run_text_encoder
+from fga.inputs import SplitInputs, caption_inputs, caps_per_image, load_split, text_encoder_spec, vocab_size
 from fga.models.base import RetrievalModel
 from fga.models.text_encoder import backbone_parameters
 from fga.rng import capture_rng, restore_rng, seed_everything
@@ -135,7 +135,7 @@ def _train(cfg: dict[str, Any], dataset: str, backbone: str, method: str, seed: 
 
     meta = {"run_hash": key, "dataset": dataset, "backbone": backbone, "method": method, "seed": seed,
             "best": progress.best, "history": progress.history, "img_dim": inputs.img_dim, "mode": mode,
-            "text_encoder": text_encoder_name(cfg), "world_size": ctx.world, "rank": ctx.rank}
+            "text_encoder": run_text_encoder(cfg), "world_size": ctx.world, "rank": ctx.rank}
     if ctx.main:
         save_checkpoint(run_dir / CHECKPOINT_FILE, progress.best_model or {}, progress.best_source,
                         checkpoint_meta(meta, run_params(cfg, dataset, backbone, method, seed)))

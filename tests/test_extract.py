@@ -104,6 +104,26 @@ def test_lite0_grid_packaged_through_extract(data, tmp_path):
     assert np.allclose(s.boxes[0, 7], [1 / 6, 1 / 6, 2 / 6, 2 / 6])  # row-major 6 x 6 cells
 
 
+@pytest.mark.parametrize("backbone", ["lite0_grid", "lite0_roi"])
+def test_store_bytes_do_not_depend_on_features_threads(tmp_path, backbone):
+    """features.threads sets the job's torch threads (the workflow runs its extraction jobs side by side, 1 thread
+    each). At batches of 16 or more (params.yaml: 64) the store is byte for byte the same with 1 or 2 threads, so
+    the thread count is no store parameter (at batch 8 oneDNN picks other kernels: the last fp16 bit may differ)."""
+    data = tmp_path / "synthetic"
+    generate(data, n_train=16, n_val=1, n_test=1, image_size=64, progress=False)
+    before = torch.get_num_threads()
+    stores = {}
+    try:
+        for threads in (1, 2):
+            c = load_params(ROOT / "params.yaml", ["features.batch_size=16", f"features.threads={threads}"])
+            extract(c, "synthetic", backbone, data, tmp_path / str(threads), splits=("train",), quiet=True)
+            assert torch.get_num_threads() == threads
+            stores[threads] = datasets_of(tmp_path / str(threads) / "train.h5")
+    finally:
+        torch.set_num_threads(before)
+    assert stores[1] == stores[2]
+
+
 def test_boxes_file_regions_and_count_of_images_without_boxes(cfg, data, tmp_path):
     """ROI regions on a boxes file: its boxes in file order, an image it lacks is one whole-image region (counted)."""
     test = split_images(read_json(data / "dataset.json"), "test")

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_RULES = '''
+
+
+def common_function(name: str) -> str:
+    """A function of workflow/rules/common.smk that the handlers call, as written there."""
+    found = re.search(rf"^def {name}\(.*\n(?:(?:[ \t]+.*)?\n)*", (ROOT / "workflow/rules/common.smk").read_text(), re.M)
+    assert found, f"common.smk has no {name}()"
+    return found.group(0)
+
+
+TOY_RULES = common_function("sync_kept_runs") + '''
 FGA = "echo fga"
 COMMON = ">> recorded.log"
 LOGS = "logs"

@@ -335,18 +335,18 @@ def test_bert_base_model_dir_must_be_a_bert(tmp_path):
 
 def test_params_select_the_encoder_and_a_bigru_runs_hash_ignores_the_transformers():
     from fga.config import load_params
-    from fga.inputs import text_encoder_name
+    from fga.grid import run_text_encoder
     from fga.runs import run_params
 
     cfg = load_params(ROOT / "params.yaml")
-    assert text_encoder_name(cfg) == "bigru" and set(cfg["features"]["text"]["encoders"]) >= {"minilm", "bert_base"}
+    assert run_text_encoder(cfg) == "bigru" and set(cfg["features"]["text"]["encoders"]) >= {"minilm", "bert_base"}
     assert cfg["features"]["text"]["encoders"]["bert_base"]["model_dir"] is None
     params = run_params(cfg, "synthetic", "lite0_grid", "grm", 0)
     assert "text_encoder" not in params["train"] and set(params["text"]) == {"min_count", "max_words"}
     other = load_params(ROOT / "params.yaml", ["features.text.encoders.minilm.max_words=32"])
     assert run_params(other, "synthetic", "lite0_grid", "grm", 0) == params  # a BiGRU run does not read it
     minilm = load_params(ROOT / "params.yaml", ["train.text_encoder=minilm"])
-    assert text_encoder_name(minilm) == "minilm"
+    assert run_text_encoder(minilm) == "minilm"
     assert run_params(minilm, "synthetic", "lite0_grid", "grm", 0)["text"]["encoder"] == {
         "minilm": {"model_dir": None, "max_words": 90}}
     with pytest.raises(UserError, match="train.text_encoder"):

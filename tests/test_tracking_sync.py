@@ -174,13 +174,13 @@ def test_a_record_rewritten_while_syncing_stays_kept(tmp_path, monkeypatch, mlfl
 SUBPROCESS = r"""
 import json, sys
 from pathlib import Path
-from fga.tracking_sync import has_kept_runs, log_or_keep, pending, sync
+from fga.tracking_sync import kept_records, log_or_keep, pending, sync
 cfg = {"tracking": {"uri": sys.argv[1], "artifact_root": "mlartifacts"}, "methods": {}}
 logged = sync(cfg, quiet=True)  # nothing pending: a directory listing
-assert logged == 0 and not has_kept_runs("logs")
+assert logged == 0 and not kept_records("logs")
 assert log_or_keep(cfg, json.loads(sys.argv[2]), defer=True, metrics={"full/rsum": 1.0}, artifacts=[Path("m.json")]) is None
 print(json.dumps({"mlflow": sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")),
-                  "kept": [p.name for p in pending(cfg)], "has_kept": has_kept_runs("logs")}))
+                  "kept": [p.name for p in pending(cfg)], "has_kept": bool(kept_records("logs"))}))
 """
 
 

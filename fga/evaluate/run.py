@@ -45,9 +45,9 @@ from fga.evaluate.stats import BOOTSTRAP_DEFAULTS, bootstrap_ci, bootstrap_optio
 from fga.features.store import feature_hash
 from fga.features.text import split_captions
 from fga.finetune import finetuned_regions
+from fga.grid import run_text_encoder
 from fga.integrity import check_zip
-from fga.inputs import (SplitInputs, caps_per_image, is_finetune, load_split, paths, split_texts, store_rows,
-                        text_encoder_name)
+from fga.inputs import SplitInputs, caps_per_image, is_finetune, load_split, paths, split_texts, store_rows
 from fga.io import atomic_path, read_json, write_json
 from fga.models.base import RetrievalModel
 
@@ -141,7 +141,7 @@ def load_state(cfg: dict[str, Any], dataset: str, backbone: str, method: str, se
     from fga.runs import run_hash
 
     state = load_checkpoint(checkpoint)
-    check_text_encoder(checkpoint, state["meta"], text_encoder_name(cfg))
+    check_text_encoder(checkpoint, state["meta"], run_text_encoder(cfg))
     if state["meta"].get("run_hash") != run_hash(cfg, dataset, backbone, method, seed):
         raise UserError(f"{checkpoint}: trained with other params than the current config; re-run `fga train`")
     return state

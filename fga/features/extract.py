@@ -72,6 +72,7 @@ def extract(cfg: dict[str, Any], dataset: str, backbone: str, data_dir: Path, ou
     if not todo:
         return  # idempotent rerun; a store of other params is rebuilt (the old file stays until the rename)
     source, missing = _checked_boxes(spec, backbone, data_dir, dataset_json, todo)
+    torch.set_num_threads(cfg["features"].get("threads", 1))
     torch.manual_seed(0)  # random-init backbones are reproducible too
     extractor = RegionExtractor(spec, name=backbone)
     attrs = {

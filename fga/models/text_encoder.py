@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-BIGRU = "bigru"
+from fga.grid import DEFAULT_TEXT_ENCODER
+
+BIGRU = DEFAULT_TEXT_ENCODER  # the name lives in the torch-free fga.grid (run paths, the report)
 TEXT_MODES = ("frozen_features", "finetune")
 
 

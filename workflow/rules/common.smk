@@ -70,6 +70,15 @@ ABLATION = GRID.get("ablation") or {"backbones": [], "methods": []}
 TEXTS = text_encoders(config)  # grid.text_encoders
 
 
+def sync_kept_runs():
+    """The Snakefile's onsuccess/onerror: log the runs the jobs kept (--defer-tracking) into MLflow, when there are
+    some (a directory listing otherwise). A failed sync (tracking server down) says so and keeps them for the next."""
+    from fga.tracking_sync import kept_records
+
+    if kept_records(LOGS):
+        shell(f"{FGA} tracking sync {COMMON} || true")
+
+
 def main_runs(pattern):
     """`pattern` for each dataset x backbone x text encoder x method x seed of the grid (the runs the robustness
     stage scores)."""

@@ -80,7 +80,7 @@ rule distractor_features:
         "logs/features/synthetic_distract{n}/{backbone}.log",
     benchmark:
         "benchmarks/logs/features/synthetic_distract{n}/{backbone}.tsv"
-    threads: 2
+    threads: config["features"].get("threads", 1)
     resources:
         mem_mb=4000,
         runtime=60,

@@ -56,7 +56,7 @@ rule extract_features:
         "logs/features/{dataset}/{backbone}.log",
     benchmark:
         "benchmarks/logs/features/{dataset}/{backbone}.tsv"
-    threads: 2
+    threads: config["features"].get("threads", 1)
     resources:
         mem_mb=4000,
         runtime=120,
