@@ -7,8 +7,8 @@ under an overlay or --config would be filed under parameters they were not made 
 """
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -59,30 +59,37 @@ def record_in_dvc(run_params: Path, root: Path = Path(".")) -> str:
     reason = reason_not_to_record(run_params, root)
     if reason is not None:
         return f"dvc: not recorded: {reason}"
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    # in this process, as `dvc commit --force --no-relink --quiet dvc.yaml` (its CLI calls the same Repo.commit):
+    # one DVC start-up and one index build for the commit and the prune (a subprocess paid them twice).
     # --no-relink: the cache gets its own copy and the outputs stay as Snakemake wrote them, whatever cache.type
     # (a relink rewrites them in place under reflink,copy on ext4, or makes them read-only hardlinks or fresh
     # symlinks: new mtimes or protected files, and Snakemake would rerun the grid; benchmarks/bench_dvc.py).
     # dvc.yaml only: the default target vouches for its stages, not for a linked sweeps/dvc.yaml's (sweeps/stages.yaml)
-    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--no-relink", "--quiet", "dvc.yaml"],
-                         cwd=root, capture_output=True, text=True)
-    if out.returncode != 0:
-        last = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit status {out.returncode}"]
-        raise UserError(f"dvc commit failed in {root.resolve()}: {last[0]}; fix that and run `fga dvc-record`")
-    lock = prune_lock(root)
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    dvc_logger.setLevel(logging.CRITICAL)  # --quiet: no log lines, no progress bars (DVC's Tqdm reads the level)
+    try:
+        with contextlib.chdir(root), Repo(".") as repo:  # DVC resolves targets and outputs from the working dir
+            committed = repo.commit("dvc.yaml", force=True, relink=False)
+    except DvcException as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"dvc commit failed in {root.resolve()}: {first}; fix that and run `fga dvc-record`") from None
+    finally:
+        dvc_logger.setLevel(level)
+    lock = prune_lock(root, {stage.name for stage in committed})
     return f"dvc: recorded {len(lock.get('stages', {}))} stages in DVC's cache and dvc.lock"
 
 
-def prune_lock(root: Path = Path(".")) -> dict[str, Any]:
-    """Drop dvc.lock's entries of stages dvc.yaml no longer declares (a renamed stage or a changed matrix: `dvc
-    commit` adds the new entries and keeps the old ones); returns the lock as it is afterwards."""
-    from dvc.repo import Repo
+def prune_lock(root: Path, declared: set[str]) -> dict[str, Any]:
+    """Drop dvc.lock's entries of stages other than `declared` (dvc.yaml's: a renamed stage or a changed matrix
+    leaves `dvc commit` adding the new entries and keeping the old ones); returns the lock as it is afterwards."""
     from dvc.utils.serialize import dumps_yaml, parse_yaml_for_update
 
     path = root / "dvc.lock"
     lock = _read_yaml(path) or {}
-    with Repo(str(root)) as repo:
-        pipeline = str((root / "dvc.yaml").resolve())
-        declared = {stage.name for stage in repo.index.stages if str(Path(stage.path).resolve()) == pipeline}
     stale = [name for name in lock.get("stages", {}) if name not in declared]
     if stale:
         # DVC's own round-trip YAML: the entries kept are written byte for byte as `dvc commit` wrote them
