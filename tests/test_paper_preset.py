@@ -8,9 +8,11 @@ the CPU instead of CUDA, one seed and 2 epochs (one step each: the preset's batc
 caption), and a slice of the grid: on 2 shared cores the whole 2 x 4 x 3 grid took 688 s, one dataset x 2
 backbones x 3 methods 280 s, one dataset x 1 backbone x 3 methods 136 s (81 s with the machine quiet; a job
 costs 15-60 s, most of it imports, building a 28M-parameter Swin and saving its AdamW state), so the stand-in
-runs one dataset (Flickr30K: its protocol, `full`, needs no substitute; COCO's 1K-fold/5K need the 5,000-image
-test split) on one backbone (Swin-384: K = 50, the preset's per-backbone
-override) with every method. Mode, methods, per-backbone K, schedule shape and everything else come from the
+runs both datasets (the fixture Flickr30K and COCO 2014 + Karpathy splits, each downloaded over 127.0.0.1 and
+prepared by the DAG's own prepare_data jobs) on one backbone (Swin-384: K = 50, the preset's per-backbone
+override) with every method. COCO's protocols, the mean over 5 folds of 1,000 images and the 5K gallery, need
+COCO's 5,000-image test split, which a fixture cannot have: the stand-in scores COCO's one fixture test image
+with `full`, and tests/test_recall.py runs both protocols on 5,000 x 25,000 matrices. Mode, methods, per-backbone K, schedule shape and everything else come from the
 preset; the dry run checks the whole grid as the jobs will read it.
 """
 from __future__ import annotations
@@ -26,9 +28,9 @@ from conftest import BIN
 from test_workflow import ROOT, run
 
 try:
-    from fixtures_data import base_cfg, flickr_files, serve_set, server  # noqa: F401
+    from fixtures_data import base_cfg, coco_files, flickr_files, serve_set, server  # noqa: F401
 except ImportError:  # pragma: no cover
-    from tests.fixtures_data import base_cfg, flickr_files, serve_set, server  # noqa: F401
+    from tests.fixtures_data import base_cfg, coco_files, flickr_files, serve_set, server  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +45,7 @@ STANDIN_BACKBONES = {
     "swin_base_224": {"model": "swin_tiny_patch4_window7_224", "input_size": 64},
     "swin_base_384": {"model": "swin_tiny_patch4_window7_224", "input_size": 96},
 }
-STANDIN_GRID = {"datasets": ["flickr30k"], "backbones": ["swin_base_384"], "seeds": [0]}
+STANDIN_GRID = {"datasets": ["flickr30k", "coco"], "backbones": ["swin_base_384"], "seeds": [0]}
 
 
 def preset() -> dict:
@@ -145,13 +147,15 @@ def tiny_bert(path: Path) -> Path:
     return path
 
 
-def standin_overlay(tmp_path: Path, server, flickr_files) -> dict:
+def standin_overlay(tmp_path: Path, server, flickr_files, coco_files) -> dict:
     """The second overlay: what cannot exist here (and the grid's slice), nothing else."""
-    flickr = serve_set(server, flickr_files)
+    flickr = serve_set(server, flickr_files, prefix="flickr30k/")
     images_url = flickr["urls"].pop("flickr30k_images")
     return {
         "grid": STANDIN_GRID,
-        "data": {"flickr30k": base_cfg(tmp_path, images_url=images_url, **flickr)},
+        "data": {"flickr30k": base_cfg(tmp_path / "flickr30k", images_url=images_url, **flickr),
+                 "coco": base_cfg(tmp_path / "coco", **serve_set(server, coco_files, prefix="coco/"))},
+        "evaluate": {"per_dataset": {"coco": {"protocol": "full"}}},  # coco1k/coco5k need 5,000 test images
         "features": {
             "backbones": {name: {**spec, "weights": "random", "checkpoint": None}
                           for name, spec in STANDIN_BACKBONES.items()},
@@ -161,11 +165,11 @@ def standin_overlay(tmp_path: Path, server, flickr_files) -> dict:
     }
 
 
-def test_preset_standin_runs_for_real_on_the_cpu(tmp_path, server, flickr_files):
+def test_preset_standin_runs_for_real_on_the_cpu(tmp_path, server, flickr_files, coco_files):
     from fga.checkpoint import load_checkpoint
 
     project = paper_project(tmp_path / "project")
-    overlay = standin_overlay(tmp_path, server, flickr_files)
+    overlay = standin_overlay(tmp_path, server, flickr_files, coco_files)
     (project / "standin.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", PRESET, "standin.yaml"]
     out = run(cmd, project)
@@ -174,7 +178,7 @@ def test_preset_standin_runs_for_real_on_the_cpu(tmp_path, server, flickr_files)
     n_runs = len(grid["datasets"]) * len(grid["backbones"]) * len(grid["methods"])
     assert {r: counts.get(r) for r in RUN_RULES} == {r: n_runs for r in RUN_RULES}, counts
     cfg = resolved_params(project)
-    check_paper_params(cfg, ["flickr30k", "coco"], {"flickr30k": "full", "coco": ["coco1k", "coco5k"]})
+    check_paper_params(cfg, ["flickr30k", "coco"], {"flickr30k": "full", "coco": "full"})  # COCO's substituted
 
     for dataset in grid["datasets"]:
         for backbone in grid["backbones"]:
